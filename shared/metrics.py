@@ -1,0 +1,183 @@
+"""Prometheus metrics of a function, registered on an injected registry.
+
+Names follow the Prometheus conventions (base units, `_total` counters, `_seconds`); labels are
+low-cardinality only: route template, method, variant, status class, error type, label, reason.
+Never a raw path, an id or a text. `observability/` rules and dashboards use exactly these names;
+a test checks that against a live scrape by a real Prometheus.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+
+PREFIX = "kubesentiment"
+LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075,
+    0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+STAGE_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+)  # fmt: skip
+SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+TOKEN_BUCKETS = (4, 8, 16, 32, 64, 128, 256, 512)
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """Every metric a function emits."""
+
+    registry: CollectorRegistry
+    requests: Counter
+    request_duration: Histogram
+    in_flight: Gauge
+    rejected: Counter
+    errors: Counter
+    tokenization_duration: Histogram
+    queue_wait: Histogram
+    inference_duration: Histogram
+    batch_size: Histogram
+    tokens_per_text: Histogram
+    predictions: Counter
+    truncated: Counter
+    cold_start: Gauge
+    model_load: Gauge
+    model_ready: Gauge
+    model_info: Gauge
+    secret_failures: Counter
+    auth_failures: Counter
+    events_sent: Counter
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry = REGISTRY) -> Metrics:
+        """Register every metric on `registry` (pass a fresh one per app in tests)."""
+        p = PREFIX
+        return cls(
+            registry=registry,
+            requests=Counter(
+                f"{p}_http_requests_total",
+                "HTTP requests by route template, method and status class.",
+                ["route", "method", "status_class", "variant"],
+                registry=registry,
+            ),
+            request_duration=Histogram(
+                f"{p}_http_request_duration_seconds",
+                "HTTP request duration from first byte in to response start.",
+                ["route", "method", "variant"],
+                buckets=LATENCY_BUCKETS,
+                registry=registry,
+            ),
+            in_flight=Gauge(
+                f"{p}_http_requests_in_flight",
+                "HTTP requests being served now.",
+                ["variant"],
+                registry=registry,
+            ),
+            rejected=Counter(
+                f"{p}_rejected_requests_total",
+                "Requests refused with 429 or 503, by reason (overloaded, not_ready, shutting_down).",
+                ["route", "reason", "variant"],
+                registry=registry,
+            ),
+            errors=Counter(
+                f"{p}_errors_total",
+                "Error responses by stable error type.",
+                ["route", "error_type", "variant"],
+                registry=registry,
+            ),
+            tokenization_duration=Histogram(
+                f"{p}_tokenization_duration_seconds",
+                "Time to tokenize one batch.",
+                ["variant"],
+                buckets=STAGE_BUCKETS,
+                registry=registry,
+            ),
+            queue_wait=Histogram(
+                f"{p}_batch_queue_wait_seconds",
+                "Time a text waited in the batch queue before its ONNX run started.",
+                ["variant"],
+                buckets=STAGE_BUCKETS,
+                registry=registry,
+            ),
+            inference_duration=Histogram(
+                f"{p}_inference_duration_seconds",
+                "Time of one ONNX Runtime session.run.",
+                ["variant"],
+                buckets=STAGE_BUCKETS,
+                registry=registry,
+            ),
+            batch_size=Histogram(
+                f"{p}_batch_size",
+                "Texts (or chunks) per ONNX run.",
+                ["variant"],
+                buckets=SIZE_BUCKETS,
+                registry=registry,
+            ),
+            tokens_per_text=Histogram(
+                f"{p}_tokens_per_text",
+                "Tokens per text after truncation, special tokens included.",
+                ["variant"],
+                buckets=TOKEN_BUCKETS,
+                registry=registry,
+            ),
+            predictions=Counter(
+                f"{p}_predictions_total",
+                "Predicted texts by label.",
+                ["label", "variant"],
+                registry=registry,
+            ),
+            truncated=Counter(
+                f"{p}_truncated_texts_total",
+                "Texts longer than the model's max tokens that were truncated.",
+                ["variant"],
+                registry=registry,
+            ),
+            cold_start=Gauge(
+                f"{p}_cold_start_seconds",
+                "Seconds from process start to ready (model loaded and warmed up).",
+                ["variant"],
+                registry=registry,
+            ),
+            model_load=Gauge(
+                f"{p}_model_load_seconds",
+                "Seconds to verify the model directory and build the ONNX session.",
+                ["variant"],
+                registry=registry,
+            ),
+            model_ready=Gauge(
+                f"{p}_model_ready",
+                "1 when the model is loaded, warmed up and accepting work, else 0.",
+                ["variant"],
+                registry=registry,
+            ),
+            model_info=Gauge(
+                f"{p}_model_info",
+                "Always 1; labels describe the served model.",
+                ["variant", "model", "version", "precision"],
+                registry=registry,
+            ),
+            secret_failures=Counter(
+                f"{p}_secret_failures_total",
+                "Failed Vault operations (login, read, renew).",
+                ["operation", "variant"],
+                registry=registry,
+            ),
+            auth_failures=Counter(
+                f"{p}_auth_failures_total",
+                "Requests refused for a missing or invalid API key.",
+                ["reason", "variant"],
+                registry=registry,
+            ),
+            events_sent=Counter(
+                f"{p}_events_sent_total",
+                "Result CloudEvents sent to K_SINK, by outcome (success, failure).",
+                ["outcome", "variant"],
+                registry=registry,
+            ),
+        )
+
+
+def status_class(status: int) -> str:
+    """'2xx', '4xx', '5xx' ... for a status code."""
+    return f"{status // 100}xx"

