@@ -1,0 +1,54 @@
+"""Serve one variant with uvicorn: `python -m functions.sentiment`.
+
+Settings come from the environment (see shared/config.py). On SIGTERM readiness turns false at
+once, uvicorn stops accepting connections and lets requests in flight finish within
+SHUTDOWN_TIMEOUT_SECONDS, then the lifespan drains the batch queue (Knative runtime contract:
+SIGTERM precedes shutdown).
+"""
+
+from __future__ import annotations
+
+import sys
+from types import FrameType
+
+import uvicorn
+
+from shared import logs
+from shared.config import ConfigError, Settings
+
+
+def main() -> None:
+    """Parse settings, configure logging, build the app and run uvicorn until SIGTERM."""
+    try:
+        settings = Settings.from_env()
+    except ConfigError as e:
+        print(f"configuration error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    log_config = logs.config(settings.log_level, settings.log_format, settings.variant)
+    logs.configure(settings.log_level, settings.log_format, settings.variant)
+
+    from functions.sentiment.app import begin_drain, create_app
+
+    app = create_app(settings)
+    state = app.state.kubesentiment
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            begin_drain(state)
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=log_config,
+        timeout_graceful_shutdown=int(settings.shutdown_timeout_s) or None,
+        # Knative's queue-proxy keeps connections open; a short keep-alive would churn them.
+        timeout_keep_alive=75,
+        server_header=False,
+    )
+    Server(config).run()
+
+
+if __name__ == "__main__":
+    main()

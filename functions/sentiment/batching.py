@@ -1,0 +1,271 @@
+"""Adaptive micro-batching: concurrent requests share ONNX runs, a lone request never waits.
+
+One worker owns the inference thread. When it is free it takes every text already queued (up to
+BATCH_MAX_SIZE windows), so a request that arrives at an idle worker runs at once. Texts that
+arrive while a run is busy pile up and share the next run. Only when the worker already holds
+more than one text and the batch is not full does it wait up to BATCH_MAX_WAIT_MS for more: that
+tops up batches under load without delaying a lone request.
+
+A taken batch is sorted by token count and split where lengths diverge, so short texts do not pay
+for a long neighbour's padding. Admission is bounded: beyond MAX_QUEUED_TEXTS a submit raises
+`Overloaded` (429) at once instead of growing memory, and after `drain()` starts it raises
+`NotReady` (503) while everything already accepted still completes.
+
+With batching off, each request is one run of its own, in arrival order, on the same thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from shared.errors import NotReady, Overloaded
+
+Probabilities = np.ndarray[Any, np.dtype[np.float32]]
+Window = Sequence[int]
+RunFn = Callable[[list[Window]], Probabilities]
+
+
+@dataclass(frozen=True)
+class RunStats:
+    """What one ONNX run did, for metrics and tracing (times in ns since the epoch)."""
+
+    size: int
+    width: int
+    queue_waits: tuple[float, ...]
+    seconds: float
+    started_ns: int
+    ended_ns: int
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A submit's answer: probabilities per text, and when its texts were queued and run."""
+
+    probabilities: list[Probabilities]
+    enqueued_ns: int
+    started_ns: int
+    ended_ns: int
+    batch_size: int
+
+    @property
+    def queue_seconds(self) -> float:
+        """Time from submit to the start of the first run that held one of its texts."""
+        return max(0, self.started_ns - self.enqueued_ns) / 1e9
+
+    @property
+    def inference_seconds(self) -> float:
+        """Time from the first run's start to the last run's end."""
+        return max(0, self.ended_ns - self.started_ns) / 1e9
+
+
+@dataclass
+class _Item:
+    windows: tuple[Window, ...]
+    future: asyncio.Future[tuple[Probabilities, RunStats]]
+    enqueued: float = field(default_factory=time.perf_counter)
+
+    @property
+    def width(self) -> int:
+        return max(len(w) for w in self.windows)
+
+
+def group_by_length(items: list[_Item], max_size: int) -> list[list[_Item]]:
+    """Split items, sorted by length, into runs of at most `max_size` windows with similar widths.
+
+    A new group starts when the next item is over 1.5x (and 16 tokens longer than) the group's
+    shortest item: padding waste in a group then stays under a third.
+    """
+    groups: list[list[_Item]] = []
+    current: list[_Item] = []
+    size = 0
+    for item in sorted(items, key=lambda i: i.width):
+        n = len(item.windows)
+        if current and (
+            size + n > max_size
+            or (item.width > 1.5 * current[0].width and item.width - current[0].width > 16)
+        ):
+            groups.append(current)
+            current, size = [], 0
+        current.append(item)
+        size += n
+    if current:
+        groups.append(current)
+    return groups
+
+
+class Batcher:
+    """Queues texts' token windows and runs them on one inference thread."""
+
+    def __init__(
+        self,
+        run: RunFn,
+        *,
+        enabled: bool = True,
+        max_size: int = 32,
+        max_wait_s: float = 0.002,
+        max_queued: int = 4096,
+        retry_after_s: int = 1,
+        on_run: Callable[[RunStats], None] | None = None,
+    ) -> None:
+        self._run = run
+        self.enabled = enabled
+        self.max_size = max_size
+        self.max_wait_s = max_wait_s
+        self.max_queued = max_queued
+        self.retry_after = {"Retry-After": str(retry_after_s)}
+        self._on_run = on_run
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnx")
+        self._queue: asyncio.Queue[_Item] | None = None
+        self._worker: asyncio.Task[None] | None = None
+        self.queued = 0  # texts accepted and not yet answered
+        self.draining = False
+        self._idle: asyncio.Event | None = None
+
+    async def start(self) -> None:
+        """Start the worker (call from the running event loop)."""
+        self._queue = asyncio.Queue()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        if self.enabled:
+            self._worker = asyncio.create_task(self._loop(), name="batcher")
+
+    async def submit(self, windows: Sequence[tuple[Window, ...]]) -> Outcome:
+        """Probabilities for each text's windows, in order; raises Overloaded or NotReady."""
+        if self.draining:
+            raise NotReady("the function is shutting down", headers=self.retry_after)
+        if self.queued + len(windows) > self.max_queued:
+            raise Overloaded(
+                f"too many texts waiting for inference (limit {self.max_queued})",
+                headers=self.retry_after,
+            )
+        assert self._queue is not None and self._idle is not None, "Batcher.start() not awaited"
+        self.queued += len(windows)
+        self._idle.clear()
+        enqueued_ns = time.time_ns()
+        try:
+            if not self.enabled:
+                results = await self._run_alone(windows)
+            else:
+                loop = asyncio.get_running_loop()
+                items = [_Item(tuple(w), loop.create_future()) for w in windows]
+                for item in items:
+                    self._queue.put_nowait(item)
+                results = list(await asyncio.gather(*(i.future for i in items)))
+            stats = [s for _, s in results]
+            return Outcome(
+                probabilities=[p for p, _ in results],
+                enqueued_ns=enqueued_ns,
+                started_ns=min(s.started_ns for s in stats),
+                ended_ns=max(s.ended_ns for s in stats),
+                batch_size=max(s.size for s in stats),
+            )
+        finally:
+            self.queued -= len(windows)
+            if self.queued == 0:
+                self._idle.set()
+
+    async def _run_alone(
+        self, windows: Sequence[tuple[Window, ...]]
+    ) -> list[tuple[Probabilities, RunStats]]:
+        flat = [w for text in windows for w in text]
+        enqueued = time.perf_counter()
+        probs, stats = await asyncio.get_running_loop().run_in_executor(
+            self._executor, self._timed_run, flat, (enqueued,) * len(windows)
+        )
+        out, start = [], 0
+        for text in windows:
+            out.append((probs[start : start + len(text)], stats))
+            start += len(text)
+        return out
+
+    def _timed_run(
+        self, windows: list[Window], enqueued: tuple[float, ...]
+    ) -> tuple[Probabilities, RunStats]:
+        started, started_ns = time.perf_counter(), time.time_ns()
+        probs = self._run(windows)
+        seconds = time.perf_counter() - started
+        stats = RunStats(
+            size=len(windows),
+            width=max(len(w) for w in windows),
+            queue_waits=tuple(started - e for e in enqueued),
+            seconds=seconds,
+            started_ns=started_ns,
+            ended_ns=started_ns + int(seconds * 1e9),
+        )
+        if self._on_run is not None:
+            self._on_run(stats)
+        return probs, stats
+
+    async def _take(self) -> list[_Item]:
+        assert self._queue is not None
+        items = [await self._queue.get()]
+        size = len(items[0].windows)
+        while size < self.max_size and not self._queue.empty():
+            item = self._queue.get_nowait()
+            items.append(item)
+            size += len(item.windows)
+        if len(items) > 1 and size < self.max_size and self.max_wait_s > 0:
+            deadline = time.perf_counter() + self.max_wait_s
+            while size < self.max_size:
+                remaining = deadline - time.perf_counter()
+                if remaining <= 0:
+                    break
+                try:
+                    item = await asyncio.wait_for(self._queue.get(), remaining)
+                except TimeoutError:
+                    break
+                items.append(item)
+                size += len(item.windows)
+        return items
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            items = await self._take()
+            for group in group_by_length(items, self.max_size):
+                live = [i for i in group if not i.future.done()]
+                if not live:
+                    continue
+                flat = [w for i in live for w in i.windows]
+                try:
+                    probs, stats = await loop.run_in_executor(
+                        self._executor, self._timed_run, flat, tuple(i.enqueued for i in live)
+                    )
+                except Exception as e:  # one failed run fails its own texts, not the worker
+                    for i in live:
+                        if not i.future.done():
+                            i.future.set_exception(e)
+                    continue
+                start = 0
+                for i in live:
+                    if not i.future.done():
+                        i.future.set_result((probs[start : start + len(i.windows)], stats))
+                    start += len(i.windows)
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Refuse new work and wait for accepted work to finish; False on timeout."""
+        self.draining = True
+        if self._idle is None:
+            return True
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+            return True
+        except TimeoutError:
+            return False
+
+    async def close(self) -> None:
+        """Stop the worker and the inference thread."""
+        if self._worker is not None:
+            self._worker.cancel()
+            try:
+                await self._worker
+            except asyncio.CancelledError:
+                pass
+        self._executor.shutdown(wait=True)
