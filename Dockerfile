@@ -1,0 +1,126 @@
+# KubeSentiment serving image: one image per model variant, model baked in.
+#
+# Targets (docker build --target ..., or --build-arg TARGET=... with BuildKit):
+#   cpu  (default): onnxruntime on BASE_IMAGE (any Debian-based image with python3 + venv).
+#   gpu           : onnxruntime-gpu on CUDA_BASE_IMAGE (CUDA 12 + cuDNN 9 runtime, Ubuntu 22.04).
+#
+# Build arguments:
+#   BASE_IMAGE       base of the cpu target; with no registry reachable, scripts/build_image.sh
+#                    makes one with debootstrap and passes it here.
+#   CUDA_BASE_IMAGE  base of the gpu target.
+#   VARIANT          variant name reported by the function (cpu-int8 | cpu-fp32 | gpu-fp16).
+#   MODEL_DIR        model directory to bake in, relative to the repository root. The fp16
+#                    directory is not committed: `make fp16` generates it from the fp32 one.
+#   PIP_CERT         CA bundle pip trusts while building (defaults to the base's system bundle).
+#
+# The model is copied into the image, never downloaded at start: model download dominates cold
+# start (kserve#2529). The start command is exec form so SIGTERM reaches Python directly, and the
+# app binds $PORT itself (Knative runtime contract: listen on $PORT, default 8080).
+
+ARG BASE_IMAGE=python:3.11-slim-bookworm
+ARG CUDA_BASE_IMAGE=nvidia/cuda:12.6.3-cudnn-runtime-ubuntu22.04
+ARG TARGET=cpu
+
+# ---------------------------------------------------------------------------------------------
+# cpu-deps: a virtualenv with only the serving dependencies (requirements/serving.txt).
+FROM ${BASE_IMAGE} AS cpu-deps
+ARG PIP_CERT=/etc/ssl/certs/ca-certificates.crt
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_CERT=${PIP_CERT}
+# Requirements first, source later: this layer is rebuilt only when the lock changes.
+COPY requirements/serving.txt /tmp/requirements.txt
+RUN python3 -m venv /opt/venv \
+    && /opt/venv/bin/pip install --no-compile -r /tmp/requirements.txt \
+    && /opt/venv/bin/pip uninstall -y pip setuptools \
+    && find /opt/venv -depth -type d -name '__pycache__' -exec rm -rf {} + \
+    && find /opt/venv -depth -type d \( -name tests -o -name test \) -path '*/site-packages/*' \
+         -prune -exec rm -rf {} +
+
+# ---------------------------------------------------------------------------------------------
+# cpu: the runtime image. No compilers, no pip, no build context beyond code and one model.
+FROM ${BASE_IMAGE} AS cpu
+ARG VARIANT=cpu-int8
+ARG MODEL_DIR=models/minilm-sentiment-int8
+LABEL org.opencontainers.image.title="kubesentiment" \
+      org.opencontainers.image.description="Sentiment analysis function (Starlette + ONNX Runtime)" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      dev.kubesentiment.variant="${VARIANT}"
+# MODEL_DIR stays relative to /app, so the path in the image equals the path in the repository
+# and in the Knative manifests. ORT_PROVIDERS pins the CPU provider for this target.
+ENV PATH=/opt/venv/bin:${PATH} \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    HOME=/tmp \
+    HOST=0.0.0.0 \
+    PORT=8080 \
+    VARIANT=${VARIANT} \
+    MODEL_DIR=${MODEL_DIR} \
+    ORT_PROVIDERS=CPUExecutionProvider
+WORKDIR /app
+COPY --from=cpu-deps /opt/venv /opt/venv
+COPY ${MODEL_DIR}/ /app/${MODEL_DIR}/
+COPY shared/ /app/shared/
+COPY functions/ /app/functions/
+# A numeric, non-root user (the distroless "nonroot" id): Kubernetes can check runAsNonRoot
+# only against a numeric USER. Files stay root-owned, so the process cannot change them.
+USER 65532:65532
+EXPOSE 8080
+# Knative ignores HEALTHCHECK (queue-proxy runs the readiness probe); it serves plain docker runs.
+HEALTHCHECK --interval=30s --timeout=3s --start-period=30s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request as u; u.urlopen('http://127.0.0.1:%s/health/liveness' % os.environ.get('PORT', '8080'), timeout=2)"]
+CMD ["python", "-m", "functions.sentiment"]
+
+# ---------------------------------------------------------------------------------------------
+# gpu-base: CUDA runtime plus the Python the lock files are made for (3.11).
+FROM ${CUDA_BASE_IMAGE} AS gpu-base
+# Apt packages are not version-pinned: the CUDA base image tag already pins the distribution
+# release, and Ubuntu security updates must reach the image on every rebuild.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3.11 python3.11-venv ca-certificates \
+    && rm -rf /var/lib/apt/lists/*
+
+# gpu-deps: the serving dependencies with onnxruntime-gpu instead of onnxruntime.
+FROM gpu-base AS gpu-deps
+ARG PIP_CERT=/etc/ssl/certs/ca-certificates.crt
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_CERT=${PIP_CERT}
+COPY requirements/serving-gpu.txt /tmp/requirements.txt
+RUN python3.11 -m venv /opt/venv \
+    && /opt/venv/bin/pip install --no-compile -r /tmp/requirements.txt \
+    && /opt/venv/bin/pip uninstall -y pip setuptools
+
+# gpu: CUDA execution provider first, CPU as the fallback for unsupported nodes or a missing GPU.
+FROM gpu-base AS gpu
+ARG VARIANT=gpu-fp16
+ARG MODEL_DIR=models/minilm-sentiment-fp16
+LABEL org.opencontainers.image.title="kubesentiment" \
+      org.opencontainers.image.description="Sentiment analysis function (Starlette + ONNX Runtime, CUDA)" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      dev.kubesentiment.variant="${VARIANT}"
+ENV PATH=/opt/venv/bin:${PATH} \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    HOME=/tmp \
+    HOST=0.0.0.0 \
+    PORT=8080 \
+    VARIANT=${VARIANT} \
+    MODEL_DIR=${MODEL_DIR} \
+    ORT_PROVIDERS=CUDAExecutionProvider,CPUExecutionProvider
+WORKDIR /app
+COPY --from=gpu-deps /opt/venv /opt/venv
+COPY ${MODEL_DIR}/ /app/${MODEL_DIR}/
+COPY shared/ /app/shared/
+COPY functions/ /app/functions/
+USER 65532:65532
+EXPOSE 8080
+HEALTHCHECK --interval=30s --timeout=3s --start-period=60s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request as u; u.urlopen('http://127.0.0.1:%s/health/liveness' % os.environ.get('PORT', '8080'), timeout=2)"]
+CMD ["python", "-m", "functions.sentiment"]
+
+# The default target follows TARGET (cpu | gpu). BuildKit builds only the stages it needs; the
+# classic builder builds every stage up to the target, so with it pass `--target cpu` (as
+# scripts/build_image.sh does) to avoid pulling the CUDA base.
+FROM ${TARGET} AS final

@@ -1,0 +1,192 @@
+#!/usr/bin/env bash
+# Build the CPU serving image (int8 variant by default) with Debian's Docker engine, run it as
+# the image's non-root user, wait for readiness, make one prediction, and report the image size
+# and the container's cold start (docker run -> first 200 from /health/readiness).
+#
+# No container registry is reachable here, so the base image is made with debootstrap (Debian
+# bookworm, minbase + python3 + venv) and imported; its tarball is cached in build/image/ so a
+# rerun skips debootstrap. dockerd runs for the length of this script only, with vfs storage in
+# a temporary directory, no iptables and no bridge (containers use --network host), and is
+# stopped by its PID on exit. Needs root (apt-get, dockerd).
+#
+# Settings (environment): VARIANT, MODEL_DIR, IMAGE, MAX_IMAGE_MB (default 450),
+# READY_TIMEOUT_S (default 180), CACHE_DIR (default build/image), KEEP_BASE=0 to rebuild the base.
+set -euo pipefail
+
+ROOT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT_DIR"
+
+VARIANT=${VARIANT:-cpu-int8}
+MODEL_DIR=${MODEL_DIR:-models/minilm-sentiment-int8}
+IMAGE=${IMAGE:-kubesentiment/sentiment-${VARIANT}:local}
+MAX_IMAGE_MB=${MAX_IMAGE_MB:-450}
+READY_TIMEOUT_S=${READY_TIMEOUT_S:-180}
+CACHE_DIR=${CACHE_DIR:-build/image}
+KEEP_BASE=${KEEP_BASE:-1}
+SUITE=bookworm
+BASE_IMAGE=local/debian-python:3.11
+BASE_TAR="$CACHE_DIR/debian-${SUITE}-python3.tar"
+PYTHON=${PYTHON:-python3}
+
+log() { printf '[build_image] %s\n' "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+now() { date +%s.%N; }
+elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", b - a }'; }
+
+[ "$(id -u)" -eq 0 ] || die "needs root (apt-get and dockerd)"
+[ -f requirements/serving.txt ] || die "requirements/serving.txt is missing"
+mkdir -p "$CACHE_DIR"
+
+# --- tools -------------------------------------------------------------------------------
+if ! command -v dockerd >/dev/null || ! command -v debootstrap >/dev/null \
+  || ! command -v docker >/dev/null; then
+  log "installing docker.io and debootstrap from Debian"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    docker.io debootstrap >/dev/null
+fi
+
+# --- base image tarball (cached) -----------------------------------------------------------
+debian_mirror() {
+  # The mirror this machine's apt already uses (deb822 or one-line format).
+  local m=""
+  if [ -f /etc/apt/sources.list.d/debian.sources ]; then
+    m=$(awk '/^URIs:/ { print $2; exit }' /etc/apt/sources.list.d/debian.sources)
+  fi
+  if [ -z "$m" ] && [ -f /etc/apt/sources.list ]; then
+    m=$(awk '$1 == "deb" && $0 !~ /security/ { for (i = 2; i <= NF; i++) if ($i ~ /^https?:/) { print $i; exit } }' /etc/apt/sources.list)
+  fi
+  [ -n "$m" ] || die "no Debian mirror found in the apt sources"
+  printf '%s\n' "$m"
+}
+
+if [ "$KEEP_BASE" != 1 ] || [ ! -s "$BASE_TAR" ]; then
+  t0=$(now)
+  rootfs=$(mktemp -d "${TMPDIR:-/tmp}/ks-rootfs.XXXXXX")
+  log "debootstrap $SUITE (minbase + python3) into $rootfs"
+  debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
+    "$SUITE" "$rootfs" "$(debian_mirror)" >"$CACHE_DIR/debootstrap.log" 2>&1 \
+    || { tail -20 "$CACHE_DIR/debootstrap.log" >&2; die "debootstrap failed"; }
+  # Trust the same CAs as this machine, so pip inside the build reaches PyPI on the same
+  # network path (which may re-sign TLS). Only this locally made base gets it.
+  cp /etc/ssl/certs/ca-certificates.crt "$rootfs/etc/ssl/certs/ca-certificates.crt"
+  rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/cache/apt/* "$rootfs"/var/log/* \
+    "$rootfs"/usr/share/doc/* "$rootfs"/usr/share/man/* "$rootfs"/usr/share/info/* \
+    "$rootfs"/usr/share/locale/*
+  tar -C "$rootfs" --numeric-owner -cf "$BASE_TAR.tmp" .
+  mv "$BASE_TAR.tmp" "$BASE_TAR"
+  rm -rf "$rootfs"
+  log "base tarball $BASE_TAR made in $(elapsed "$t0" "$(now)") s"
+else
+  log "reusing cached base tarball $BASE_TAR"
+fi
+
+# --- dockerd -------------------------------------------------------------------------------
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/ks-docker.XXXXXX")
+export DOCKER_HOST="unix://$WORK/docker.sock"
+CID=""
+DOCKERD_PID=""
+cleanup() {
+  local rc=$?
+  if [ -n "$CID" ]; then docker rm -f "$CID" >/dev/null 2>&1 || true; fi
+  if [ -n "$DOCKERD_PID" ]; then
+    kill "$DOCKERD_PID" 2>/dev/null || true
+    for _ in $(seq 1 100); do kill -0 "$DOCKERD_PID" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$DOCKERD_PID" 2>/dev/null || true
+    wait "$DOCKERD_PID" 2>/dev/null || true
+  fi
+  rm -rf "$WORK" 2>/dev/null || true
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+dockerd --data-root "$WORK/data" --exec-root "$WORK/exec" --pidfile "$WORK/docker.pid" \
+  --host "$DOCKER_HOST" --storage-driver vfs --iptables=false --ip6tables=false \
+  --bridge=none >"$WORK/dockerd.log" 2>&1 &
+DOCKERD_PID=$!
+deadline=$((SECONDS + 60))
+until docker version >/dev/null 2>&1; do
+  kill -0 "$DOCKERD_PID" 2>/dev/null || { tail -20 "$WORK/dockerd.log" >&2; die "dockerd exited"; }
+  [ "$SECONDS" -lt "$deadline" ] || { tail -20 "$WORK/dockerd.log" >&2; die "dockerd not up in 60 s"; }
+  sleep 0.2
+done
+log "dockerd up (pid $DOCKERD_PID)"
+
+docker import --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+  --change 'CMD ["python3"]' - "$BASE_IMAGE" <"$BASE_TAR" >/dev/null
+
+# --- build ---------------------------------------------------------------------------------
+[ -f "$MODEL_DIR/model.onnx" ] && [ -f "$MODEL_DIR/manifest.json" ] \
+  || die "$MODEL_DIR has no model.onnx/manifest.json: train and export the model first"
+t0=$(now)
+log "building $IMAGE (variant $VARIANT, model $MODEL_DIR)"
+DOCKER_BUILDKIT=0 docker build --network host --target cpu \
+  --build-arg BASE_IMAGE="$BASE_IMAGE" --build-arg VARIANT="$VARIANT" \
+  --build-arg MODEL_DIR="$MODEL_DIR" -t "$IMAGE" . >"$CACHE_DIR/docker-build.log" 2>&1 \
+  || { tail -40 "$CACHE_DIR/docker-build.log" >&2; die "docker build failed"; }
+BUILD_S=$(elapsed "$t0" "$(now)")
+SIZE_BYTES=$(docker image inspect -f '{{.Size}}' "$IMAGE")
+SIZE_MB=$((SIZE_BYTES / 1000000))
+IMAGE_USER=$(docker image inspect -f '{{.Config.User}}' "$IMAGE")
+log "built in $BUILD_S s: $SIZE_MB MB, USER $IMAGE_USER"
+case "$IMAGE_USER" in
+  '' | 0 | 0:* | root | root:*) die "image runs as root (USER '$IMAGE_USER')" ;;
+esac
+
+# --- run: cold start, readiness, one prediction ----------------------------------------------
+PORT=$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+t0=$(now)
+# The image's own USER is used (no --user): this checks that the image itself is non-root.
+CID=$(docker run -d --network host --read-only --tmpfs /tmp --cap-drop ALL \
+  --security-opt no-new-privileges -e PORT="$PORT" -e HOST=127.0.0.1 -e LOG_LEVEL=info \
+  "$IMAGE")
+"$PYTHON" - "$PORT" "$READY_TIMEOUT_S" <<'EOF' || { docker logs "$CID" 2>&1 | tail -30 >&2; die "not ready"; }
+import sys, time, urllib.error, urllib.request
+port, timeout = sys.argv[1], float(sys.argv[2])
+deadline = time.monotonic() + timeout
+while True:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health/readiness", timeout=2) as r:
+            if r.status == 200:
+                break
+    except (urllib.error.URLError, OSError):
+        pass
+    if time.monotonic() > deadline:
+        sys.exit(f"readiness not 200 within {timeout} s")
+    time.sleep(0.05)
+EOF
+COLD_S=$(elapsed "$t0" "$(now)")
+RUN_UID=$(docker exec "$CID" python -c 'import os; print(os.getuid())')
+[ "$RUN_UID" != 0 ] || die "container process runs as uid 0"
+
+PREDICTION=$("$PYTHON" - "$PORT" <<'EOF'
+import json, sys, urllib.request
+req = urllib.request.Request(
+    f"http://127.0.0.1:{sys.argv[1]}/predict",
+    data=json.dumps({"text": "The container built and started; what a pleasant surprise."}).encode(),
+    headers={"Content-Type": "application/json"},
+    method="POST",
+)
+with urllib.request.urlopen(req, timeout=10) as r:
+    body = json.loads(r.read())
+    assert r.status == 200, r.status
+print(json.dumps(body, separators=(",", ":"))[:400])
+EOF
+)
+t0=$(now)
+docker stop -t 30 "$CID" >/dev/null
+STOP_S=$(elapsed "$t0" "$(now)")
+EXIT_CODE=$(docker inspect -f '{{.State.ExitCode}}' "$CID")
+
+cat >"$CACHE_DIR/report.json" <<EOF
+{"image": "$IMAGE", "variant": "$VARIANT", "size_mb": $SIZE_MB, "max_size_mb": $MAX_IMAGE_MB,
+ "build_s": $BUILD_S, "cold_start_s": $COLD_S, "stop_s": $STOP_S, "exit_code": $EXIT_CODE,
+ "uid": $RUN_UID}
+EOF
+echo "image:       $IMAGE ($SIZE_MB MB, limit $MAX_IMAGE_MB MB; built in $BUILD_S s)"
+echo "user:        $IMAGE_USER (process uid $RUN_UID)"
+echo "cold start:  $COLD_S s (docker run -> /health/readiness 200)"
+echo "prediction:  $PREDICTION"
+echo "stop:        $STOP_S s after SIGTERM, exit code $EXIT_CODE"
+[ "$SIZE_MB" -le "$MAX_IMAGE_MB" ] || die "image is $SIZE_MB MB, over the $MAX_IMAGE_MB MB target"
