@@ -1,0 +1,147 @@
+"""Start a KubeSentiment function as a local subprocess on loopback and wait until it is ready.
+
+Used by the k6 runner, the benchmark and the integration tests: one place knows how a variant maps
+to a model directory and environment, how readiness is polled (with a deadline, never a bare sleep)
+and how the process is stopped (SIGTERM first, as Knative does, then SIGKILL).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+LOOPBACK = "127.0.0.1"
+
+# Variants are data: a name and the model directory it serves (see shared/config.py MODEL_DIR).
+VARIANTS: Mapping[str, Path] = {
+    "cpu-int8": ROOT / "models" / "minilm-sentiment-int8",
+    "cpu-fp32": ROOT / "models" / "minilm-sentiment-fp32",
+}
+
+
+class StartError(RuntimeError):
+    """The function exited or never became ready; the message ends with its log tail."""
+
+
+@dataclass(frozen=True)
+class LocalFunction:
+    """A running function: its process, loopback URL and log file."""
+
+    process: subprocess.Popen[bytes]
+    base_url: str
+    log_path: Path
+    spawned_at: float  # time.time() just before the spawn, for cold-start measurements
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The last lines of the function's log, for error messages."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        return int(sock.getsockname()[1])
+
+
+def model_dir(variant: str) -> Path:
+    """The model directory of a known variant."""
+    try:
+        return VARIANTS[variant]
+    except KeyError:
+        raise ValueError(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}") from None
+
+
+def spawn(
+    variant: str = "cpu-int8",
+    *,
+    env: Mapping[str, str] | None = None,
+    log_dir: Path | None = None,
+    port: int | None = None,
+) -> LocalFunction:
+    """Start `python -m functions.sentiment` for `variant` on a free loopback port (not waiting)."""
+    port = port or free_port()
+    log_dir = log_dir or Path(tempfile.mkdtemp(prefix="kubesentiment-"))
+    log_path = log_dir / f"function-{variant}-{port}.log"
+    child_env = {
+        **os.environ,
+        "HOST": LOOPBACK,
+        "PORT": str(port),
+        "MODEL_DIR": str(model_dir(variant)),
+        "VARIANT": variant,
+        "SHUTDOWN_TIMEOUT_SECONDS": "2",
+        **(env or {}),
+    }
+    with log_path.open("wb") as log:
+        spawned_at = time.time()
+        process = subprocess.Popen(
+            [sys.executable, "-m", "functions.sentiment"],
+            cwd=ROOT,
+            env=child_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    return LocalFunction(process, f"http://{LOOPBACK}:{port}", log_path, spawned_at)
+
+
+def wait_ready(function: LocalFunction, timeout_s: float = 90.0) -> None:
+    """Poll GET /health/readiness until 200; raise StartError on exit or after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    with httpx.Client(timeout=2.0) as client:
+        while time.monotonic() < deadline:
+            if function.process.poll() is not None:
+                raise StartError(
+                    f"function exited with {function.process.returncode}:\n{function.log_tail()}"
+                )
+            with contextlib.suppress(httpx.TransportError):
+                if client.get(f"{function.base_url}/health/readiness").status_code == 200:
+                    return
+            time.sleep(0.05)  # poll interval inside a deadline loop
+    raise StartError(f"not ready after {timeout_s:.0f} s:\n{function.log_tail()}")
+
+
+def stop(function: LocalFunction, timeout_s: float = 15.0) -> int:
+    """SIGTERM (Knative's shutdown signal), then SIGKILL after `timeout_s`; the exit code."""
+    process = function.process
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+    return int(process.returncode)
+
+
+@contextlib.contextmanager
+def running(
+    variant: str = "cpu-int8",
+    *,
+    env: Mapping[str, str] | None = None,
+    log_dir: Path | None = None,
+    timeout_s: float = 90.0,
+) -> Iterator[LocalFunction]:
+    """A ready function for the duration of the block, stopped afterwards whatever happens."""
+    function = spawn(variant, env=env, log_dir=log_dir)
+    try:
+        wait_ready(function, timeout_s)
+        yield function
+    finally:
+        stop(function)

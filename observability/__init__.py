@@ -1,0 +1,1 @@
+"""Prometheus rules, Grafana dashboards and monitoring manifests of KubeSentiment (data, mostly)."""
