@@ -6,6 +6,7 @@ a developer machine but fail in CI (CI=true), where .ci/run installs it.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -164,3 +165,31 @@ def test_otel_collector_pipelines_use_defined_components() -> None:
         assert processors[-1] == "batch", name
     for extension in config["service"].get("extensions", []):
         assert extension in config["extensions"]
+
+
+def test_dashboard_json_is_built_from_observability_dashboard() -> None:
+    from observability.dashboard import dashboard
+
+    committed = json.loads((OBS / "grafana" / "kubesentiment.json").read_text())
+    assert committed == dashboard(), (
+        "out of date: run `python -m observability.dashboard > "
+        "observability/grafana/kubesentiment.json`"
+    )
+
+
+def test_dashboard_has_variant_variable_and_queries_everywhere() -> None:
+    board = json.loads((OBS / "grafana" / "kubesentiment.json").read_text())
+    names = {v["name"] for v in board["templating"]["list"]}
+    assert {"variant", "datasource"} <= names
+    panels = [p for p in board["panels"] if p["type"] != "row"]
+    assert len({p["id"] for p in board["panels"]}) == len(board["panels"])
+    for panel in panels:
+        assert panel["targets"], panel["title"]
+        for target in panel["targets"]:
+            assert target["expr"].count("(") == target["expr"].count(")"), panel["title"]
+    function_panels = [p for p in panels if "kubesentiment_" in json.dumps(p["targets"])]
+    assert all('$variant' in json.dumps(p["targets"]) for p in function_panels)
+    titles = " ".join(p["title"] for p in panels).lower()
+    for topic in ("request rate", "errors", "duration", "stage latency", "batch size",
+                  "cold start", "pods: desired", "queue depth"):
+        assert topic in titles, topic
