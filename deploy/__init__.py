@@ -1,0 +1,1 @@
+"""Deployment tooling that runs outside the functions: traffic rollouts for Knative Services."""
