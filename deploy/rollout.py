@@ -74,9 +74,7 @@ class ServiceState:
         meta = data.get("metadata") or {}
         spec_traffic = (data.get("spec") or {}).get("traffic") or []
         status = data.get("status") or {}
-        pinned = next(
-            (t.get("revisionName") for t in spec_traffic if t.get("tag") == STABLE), None
-        )
+        pinned = next((t.get("revisionName") for t in spec_traffic if t.get("tag") == STABLE), None)
         serving = next(
             (t.get("revisionName") for t in status.get("traffic") or [] if t.get("tag") == STABLE),
             None,

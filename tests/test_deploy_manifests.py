@@ -83,7 +83,9 @@ def close_schema(schema: Any, *, pedantic: bool = False) -> Any:
         if "additionalProperties" not in schema and not preserve:
             out["additionalProperties"] = False
     if isinstance(schema.get("additionalProperties"), dict):
-        out["additionalProperties"] = close_schema(schema["additionalProperties"], pedantic=pedantic)
+        out["additionalProperties"] = close_schema(
+            schema["additionalProperties"], pedantic=pedantic
+        )
     if isinstance(schema.get("items"), dict):
         out["items"] = close_schema(schema["items"], pedantic=pedantic)
     for key in ("allOf", "anyOf", "oneOf"):
@@ -162,7 +164,11 @@ def test_every_document_has_a_name_and_a_namespace_where_namespaced(target: str)
     ("path", "value"),
     [
         pytest.param(("spec", "template", "spec", "containerConcurency"), 8, id="typo-in-podspec"),
-        pytest.param(("spec", "template", "spec", "containers", 0, "imagePullPolcy"), "x", id="typo-in-container"),
+        pytest.param(
+            ("spec", "template", "spec", "containers", 0, "imagePullPolcy"),
+            "x",
+            id="typo-in-container",
+        ),
         pytest.param(("spec", "trafic"), [], id="typo-in-spec"),
         pytest.param(("spec", "template", "spec", "containerConcurrency"), "many", id="wrong-type"),
     ],

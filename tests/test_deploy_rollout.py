@@ -148,7 +148,9 @@ def test_without_dry_run_the_patch_is_run(capsys: pytest.CaptureFixture[str]) ->
     assert body["spec"]["traffic"][0]["percent"] == 100
 
 
-def test_state_file_replaces_the_live_cluster(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_state_file_replaces_the_live_cluster(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     state = tmp_path / "ksvc.json"
     state.write_text(json.dumps(live_service()), encoding="utf-8")
     assert rollout.main(["rollback", "sentiment-cpu-int8", "--state", str(state), "--dry-run"]) == 0
