@@ -63,6 +63,7 @@ class AppState:
     not_ready_reason: str = "the model is loading"
     in_flight: int = 0
     extras: dict[str, Any] = field(default_factory=dict)
+    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     def require_ready(self) -> tuple[Classifier, Batcher]:
         """The model and batcher, or NotReady (503 with Retry-After)."""
@@ -351,6 +352,12 @@ def create_app(
     metrics = Metrics.create(registry if registry is not None else CollectorRegistry())
     state = AppState(settings=settings, metrics=metrics)
     start_hooks = [load_model, *(hooks or [])]
+    # Imported here: both modules build on this one. CloudEvents at `/`, KServe v2 at `/v2/...`.
+    from functions.sentiment import cloudevents, kserve
+
+    if settings.k_sink:
+        start_hooks.append(cloudevents.start_sink)
+        state.closers.append(lambda: cloudevents.stop_sink(state, settings.shutdown_timeout_s))
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -367,6 +374,8 @@ def create_app(
         Route("/health/readiness", readiness, methods=["GET"]),
         Route("/model", model_info, methods=["GET"]),
         Route("/openapi.json", openapi_json, methods=["GET"]),
+        *cloudevents.routes(),
+        *kserve.routes(),
         *(extra_routes or []),
         Route("/metrics", _AsgiEndpoint(make_asgi_app(metrics.registry)), methods=["GET"]),
     ]
@@ -380,6 +389,12 @@ def create_app(
         },
     )
     app.state.kubesentiment = state
+    if settings.vault_addr or settings.api_keys is not None:
+        from shared import secrets  # only functions with Vault or API keys load this
+
+        secrets_hook = secrets.install(app, settings, metrics)
+        start_hooks.insert(1, secrets_hook)
+        state.closers.append(secrets_hook.close)
     app.add_middleware(RequestContext, metrics=metrics, variant=settings.variant)
     return app
 
@@ -394,6 +409,8 @@ async def shutdown(state: AppState, startup_task: asyncio.Task[None]) -> None:
         if not finished:
             log.warning("shutdown timeout reached with work still queued")
         await state.batcher.close()
+    for close in reversed(state.closers):
+        await close()
     log.info("stopped")
 
 
