@@ -68,6 +68,12 @@ def model_dir(variant: str) -> Path:
         raise ValueError(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}") from None
 
 
+def model_override(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """MODEL_DIR from KUBESENTIMENT_TEST_MODEL_DIR when set (as tests/conftest.py honours it)."""
+    override = environ.get("KUBESENTIMENT_TEST_MODEL_DIR")
+    return {"MODEL_DIR": override} if override else {}
+
+
 def spawn(
     variant: str = "cpu-int8",
     *,

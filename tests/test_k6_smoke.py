@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from loadtests.local import model_override
 from loadtests.run import check_loopback, run_scenario, scenarios
 
 pytestmark = pytest.mark.integration
@@ -56,6 +57,7 @@ def test_k6_smoke_passes_against_local_function(tmp_path: Path) -> None:
         "smoke",
         "cpu-int8",
         k6_env={"DURATION": "3s", "P95_MS": "60000"},
+        function_env=model_override(),
         out_dir=tmp_path,
         timeout_s=60,
     )

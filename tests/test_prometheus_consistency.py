@@ -27,7 +27,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from loadtests.local import LocalFunction, free_port, running
+from loadtests.local import LocalFunction, free_port, model_override, running
 
 pytestmark = pytest.mark.integration
 
@@ -278,7 +278,7 @@ class Prometheus:
 def stack(tmp_path: Path) -> Iterator[tuple[LocalFunction, Prometheus]]:
     """A function that refuses a second concurrent request (to produce 429s) and a Prometheus."""
     prometheus_binary()
-    env = {"MAX_CONCURRENCY": "1", "LOG_LEVEL": "warning"}
+    env = {"MAX_CONCURRENCY": "1", "LOG_LEVEL": "warning", **model_override()}
     with running("cpu-int8", env=env, log_dir=tmp_path) as function:
         prom = Prometheus(function.base_url.removeprefix("http://"), tmp_path)
         try:
@@ -319,7 +319,14 @@ def drive_traffic(base_url: str) -> dict[str, int]:
             },
         )
         note(f"cloudevent {event.status_code}")
-        note(f"bad-json {client.post('/predict', content=b'{not json').status_code}")
+        note(
+            "bad-json "
+            + str(
+                client.post(
+                    "/predict", content=b"{not json", headers={"content-type": "application/json"}
+                ).status_code
+            )
+        )
         note(f"bad-input {client.post('/predict', json={'txt': 1}).status_code}")
         note(f"not-found {client.get('/nope').status_code}")
     return counts
