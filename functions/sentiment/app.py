@@ -352,6 +352,12 @@ def create_app(
     metrics = Metrics.create(registry if registry is not None else CollectorRegistry())
     state = AppState(settings=settings, metrics=metrics)
     start_hooks = [load_model, *(hooks or [])]
+    # Imported here: both modules build on this one. CloudEvents at `/`, KServe v2 at `/v2/...`.
+    from functions.sentiment import cloudevents, kserve
+
+    if settings.k_sink:
+        start_hooks.append(cloudevents.start_sink)
+        state.closers.append(lambda: cloudevents.stop_sink(state, settings.shutdown_timeout_s))
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -368,6 +374,8 @@ def create_app(
         Route("/health/readiness", readiness, methods=["GET"]),
         Route("/model", model_info, methods=["GET"]),
         Route("/openapi.json", openapi_json, methods=["GET"]),
+        *cloudevents.routes(),
+        *kserve.routes(),
         *(extra_routes or []),
         Route("/metrics", _AsgiEndpoint(make_asgi_app(metrics.registry)), methods=["GET"]),
     ]

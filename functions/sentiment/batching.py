@@ -3,20 +3,26 @@
 One worker owns the inference thread. When it is free it takes every text already queued (up to
 BATCH_MAX_SIZE windows), so a request that arrives at an idle worker runs at once. Texts that
 arrive while a run is busy pile up and share the next run. Only when the worker already holds
-more than one text and the batch is not full does it wait up to BATCH_MAX_WAIT_MS for more: that
-tops up batches under load without delaying a lone request.
+texts of more than one request and the batch is not full does it wait up to BATCH_MAX_WAIT_MS for
+more: that tops up batches under load without delaying a lone request (even one with many texts).
 
 A taken batch is sorted by token count and split where lengths diverge, so short texts do not pay
 for a long neighbour's padding. Admission is bounded: beyond MAX_QUEUED_TEXTS a submit raises
-`Overloaded` (429) at once instead of growing memory, and after `drain()` starts it raises
-`NotReady` (503) while everything already accepted still completes.
+`Overloaded` (429) at once instead of growing memory (a single request larger than the limit is
+still admitted when nothing else is queued, so it is never refused forever), and after `drain()`
+starts it raises `NotReady` (503) while everything already accepted still completes. `close()`
+fails whatever is still queued with `NotReady`, so no caller waits forever.
 
-With batching off, each request is one run of its own, in arrival order, on the same thread.
+With batching off, each request runs on its own (split into runs of BATCH_MAX_SIZE), in arrival
+order, on the same thread.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
+import logging
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +32,8 @@ from typing import Any
 import numpy as np
 
 from shared.errors import NotReady, Overloaded
+
+log = logging.getLogger("kubesentiment.batching")
 
 Probabilities = np.ndarray[Any, np.dtype[np.float32]]
 Window = Sequence[int]
@@ -69,6 +77,7 @@ class Outcome:
 class _Item:
     windows: tuple[Window, ...]
     future: asyncio.Future[tuple[Probabilities, RunStats]]
+    request: int = 0  # which submit() the text belongs to
     enqueued: float = field(default_factory=time.perf_counter)
 
     @property
@@ -127,6 +136,8 @@ class Batcher:
         self.queued = 0  # texts accepted and not yet answered
         self.draining = False
         self._idle: asyncio.Event | None = None
+        self._requests = itertools.count()
+        self._taken: list[_Item] = []  # items the worker holds (taken from the queue, not answered)
 
     async def start(self) -> None:
         """Start the worker (call from the running event loop)."""
@@ -140,12 +151,15 @@ class Batcher:
         """Probabilities for each text's windows, in order; raises Overloaded or NotReady."""
         if self.draining:
             raise NotReady("the function is shutting down", headers=self.retry_after)
-        if self.queued + len(windows) > self.max_queued:
+        # A request larger than the whole limit is admitted when nothing else waits; refusing it
+        # with 429 would make Knative and clients retry it forever (MAX_TEXTS bounds it anyway).
+        if self.queued and self.queued + len(windows) > self.max_queued:
             raise Overloaded(
                 f"too many texts waiting for inference (limit {self.max_queued})",
                 headers=self.retry_after,
             )
-        assert self._queue is not None and self._idle is not None, "Batcher.start() not awaited"
+        assert self._queue is not None, "Batcher.start() not awaited"
+        assert self._idle is not None
         self.queued += len(windows)
         self._idle.clear()
         enqueued_ns = time.time_ns()
@@ -154,7 +168,8 @@ class Batcher:
                 results = await self._run_alone(windows)
             else:
                 loop = asyncio.get_running_loop()
-                items = [_Item(tuple(w), loop.create_future()) for w in windows]
+                request = next(self._requests)
+                items = [_Item(tuple(w), loop.create_future(), request) for w in windows]
                 for item in items:
                     self._queue.put_nowait(item)
                 results = list(await asyncio.gather(*(i.future for i in items)))
@@ -174,15 +189,28 @@ class Batcher:
     async def _run_alone(
         self, windows: Sequence[tuple[Window, ...]]
     ) -> list[tuple[Probabilities, RunStats]]:
-        flat = [w for text in windows for w in text]
+        # Runs of at most max_size windows (a text's windows stay in one run), in order.
+        loop = asyncio.get_running_loop()
         enqueued = time.perf_counter()
-        probs, stats = await asyncio.get_running_loop().run_in_executor(
-            self._executor, self._timed_run, flat, (enqueued,) * len(windows)
-        )
-        out, start = [], 0
-        for text in windows:
-            out.append((probs[start : start + len(text)], stats))
-            start += len(text)
+        out: list[tuple[Probabilities, RunStats]] = []
+        start = 0
+        while start < len(windows):
+            end, size = start, 0
+            while end < len(windows) and (
+                end == start or size + len(windows[end]) <= self.max_size
+            ):
+                size += len(windows[end])
+                end += 1
+            part = windows[start:end]
+            flat = [w for text in part for w in text]
+            probs, stats = await loop.run_in_executor(
+                self._executor, self._timed_run, flat, (enqueued,) * len(part)
+            )
+            offset = 0
+            for text in part:
+                out.append((probs[offset : offset + len(text)], stats))
+                offset += len(text)
+            start = end
         return out
 
     def _timed_run(
@@ -211,7 +239,10 @@ class Batcher:
             item = self._queue.get_nowait()
             items.append(item)
             size += len(item.windows)
-        if len(items) > 1 and size < self.max_size and self.max_wait_s > 0:
+        # Top up only when texts of several requests are already waiting (the function is under
+        # load); a lone request, even one with many texts, runs at once.
+        several = len({i.request for i in items}) > 1
+        if several and size < self.max_size and self.max_wait_s > 0:
             deadline = time.perf_counter() + self.max_wait_s
             while size < self.max_size:
                 remaining = deadline - time.perf_counter()
@@ -226,28 +257,34 @@ class Batcher:
         return items
 
     async def _loop(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
-            items = await self._take()
-            for group in group_by_length(items, self.max_size):
-                live = [i for i in group if not i.future.done()]
-                if not live:
-                    continue
-                flat = [w for i in live for w in i.windows]
-                try:
-                    probs, stats = await loop.run_in_executor(
-                        self._executor, self._timed_run, flat, tuple(i.enqueued for i in live)
-                    )
-                except Exception as e:  # one failed run fails its own texts, not the worker
-                    for i in live:
-                        if not i.future.done():
-                            i.future.set_exception(e)
-                    continue
-                start = 0
-                for i in live:
-                    if not i.future.done():
-                        i.future.set_result((probs[start : start + len(i.windows)], stats))
-                    start += len(i.windows)
+            self._taken = await self._take()
+            try:
+                await self._run_groups(self._taken)
+            except Exception as e:  # never let one bad batch stop the worker: fail its texts
+                log.exception("batch failed")
+                _fail(self._taken, e)
+            self._taken = []
+
+    async def _run_groups(self, items: list[_Item]) -> None:
+        loop = asyncio.get_running_loop()
+        for group in group_by_length(items, self.max_size):
+            live = [i for i in group if not i.future.done()]
+            if not live:
+                continue
+            flat = [w for i in live for w in i.windows]
+            try:
+                probs, stats = await loop.run_in_executor(
+                    self._executor, self._timed_run, flat, tuple(i.enqueued for i in live)
+                )
+            except Exception as e:  # one failed run fails its own texts, not the worker
+                _fail(live, e)
+                continue
+            start = 0
+            for i in live:
+                if not i.future.done():
+                    i.future.set_result((probs[start : start + len(i.windows)], stats))
+                start += len(i.windows)
 
     async def drain(self, timeout_s: float) -> bool:
         """Refuse new work and wait for accepted work to finish; False on timeout."""
@@ -261,11 +298,20 @@ class Batcher:
             return False
 
     async def close(self) -> None:
-        """Stop the worker and the inference thread."""
+        """Stop the worker and the inference thread; whatever is still queued fails (503)."""
+        self.draining = True
         if self._worker is not None:
             self._worker.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._worker
-            except asyncio.CancelledError:
-                pass
+        pending = list(self._taken)
+        while self._queue is not None and not self._queue.empty():
+            pending.append(self._queue.get_nowait())
+        _fail(pending, NotReady("the function stopped before this text was run"))
         self._executor.shutdown(wait=True)
+
+
+def _fail(items: list[_Item], error: BaseException) -> None:
+    for i in items:
+        if not i.future.done():
+            i.future.set_exception(error)

@@ -105,7 +105,7 @@ def _kind(value: Any) -> str:
 
 
 def _check_id(value: Any) -> str | None:
-    if value is None or isinstance(value, str | int) and not isinstance(value, bool):
+    if value is None or (isinstance(value, str | int) and not isinstance(value, bool)):
         return None
     return f"id must be a string or an integer, got {_kind(value)}"
 

@@ -1,0 +1,256 @@
+"""CloudEvents input at `POST /`, where a Knative Trigger delivers events.
+
+Events are read and written with the CloudEvents SDK's `cloudevents.core` API (HTTP binding:
+`cloudevents.core.bindings.http`), in both content modes of the CloudEvents HTTP binding 1.0:
+structured (`Content-Type: application/cloudevents+json`, the whole event in the body) and binary
+(attributes in `ce-*` headers, data in the body). The reply uses the mode of the request.
+
+A request event of type `dev.kubesentiment.sentiment.requested` carries `{"texts": [...]}` or
+`{"items": [{"id": ..., "text": ...}]}` (and optionally `"long_text"`). The answer is HTTP 200 with
+an event of type `dev.kubesentiment.sentiment.completed` — never the request type, or the Broker
+would match the reply against the same Trigger and loop it — whose `subject` is the request's
+(or the request id), whose `requestid` extension names the request event, and whose data is
+`{"results": [...]}`: one entry per item, in order, a prediction or `{"id", "error"}`.
+
+Status codes follow Knative's delivery rules: a malformed event or data is 400 and an unknown type
+is 400 (`unsupported_event_type`), both never retried; overload is 429 and not-ready/shutting down
+is 503, both with Retry-After, both retried by the Broker.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from cloudevents.core.base import BaseCloudEvent
+from cloudevents.core.bindings import http as ce_http
+from cloudevents.core.exceptions import BaseCloudEventException
+from cloudevents.core.formats.json import JSONFormat
+from cloudevents.core.v1.event import CloudEvent
+from opentelemetry import propagate, trace
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from functions.sentiment import openapi
+from functions.sentiment.app import AppState, app_state, classify, prediction_json
+from functions.sentiment.inputs import LONG_TEXT_MODES, Item, ItemError, parse_items, read_body
+from functions.sentiment.model import Prediction
+from functions.sentiment.sink import EventSink
+from shared.errors import ApiError, InvalidEvent, UnsupportedEventType
+from shared.tracing import extract_event_context
+
+log = logging.getLogger("kubesentiment.cloudevents")
+tracer = trace.get_tracer("kubesentiment")
+
+REQUEST_TYPE = "dev.kubesentiment.sentiment.requested"
+RESPONSE_TYPE = "dev.kubesentiment.sentiment.completed"
+REQUEST_ID_EXTENSION = "requestid"
+SPECVERSION = "1.0"
+REQUIRED_ATTRIBUTES = ("id", "source", "specversion", "type")
+STRUCTURED_JSON = "application/cloudevents+json"
+_FORMAT = JSONFormat()
+
+
+def _strict_v1(attributes: dict[str, Any], data: dict[str, Any] | str | bytes | None) -> CloudEvent:
+    # The SDK's v1 CloudEvent fills in a missing `id` (and `time`) itself; a *received* event
+    # without its required attributes is malformed (CloudEvents 1.0, "Required Attributes").
+    missing = [a for a in REQUIRED_ATTRIBUTES if not attributes.get(a)]
+    if missing:
+        raise InvalidEvent(f"the event lacks required attribute(s): {', '.join(missing)}")
+    if attributes["specversion"] != SPECVERSION:
+        raise InvalidEvent(f"specversion must be {SPECVERSION}, got {attributes['specversion']!r}")
+    return CloudEvent(attributes, data)
+
+
+def parse_event(headers: Mapping[str, str], body: bytes) -> tuple[BaseCloudEvent, bool]:
+    """The event in an HTTP request and whether it came in structured mode; else InvalidEvent."""
+    content_type = headers.get("content-type", "")
+    media = content_type.split(";", 1)[0].strip().lower()
+    # HTTP binding 3.1: structured mode is told by the media type application/cloudevents+...
+    structured = media.startswith("application/cloudevents")
+    if structured and media != STRUCTURED_JSON:
+        raise InvalidEvent(f"only the JSON event format is supported, got {media}")
+    binary = any(k.lower().startswith("ce-") for k in headers)
+    if not structured and not binary:
+        raise InvalidEvent(
+            "not a CloudEvent: send ce-* headers (binary mode) or "
+            f"Content-Type: {STRUCTURED_JSON} (structured mode)"
+        )
+    message = ce_http.HTTPMessage(headers=dict(headers), body=body)
+    try:
+        if structured:
+            event = ce_http.from_structured(message, _FORMAT, _strict_v1)
+        else:
+            event = ce_http.from_binary(message, _FORMAT, _strict_v1)
+    except ApiError:
+        raise
+    except (BaseCloudEventException, ValueError, TypeError, AttributeError) as e:
+        raise InvalidEvent(f"malformed CloudEvent: {e}") from e
+    return event, structured
+
+
+def parse_data(
+    data: Any, *, max_texts: int, max_chars: int
+) -> tuple[list[Item | ItemError], str | None]:
+    """The items of a request event's data and its long_text option; InvalidEvent when malformed.
+
+    Items that are not usable texts (empty, too long, not a string) come back as ItemError so the
+    rest of the event is still answered.
+    """
+    if isinstance(data, bytes | str):
+        try:
+            data = json.loads(data)
+        except ValueError:
+            raise InvalidEvent("the event data is not JSON") from None
+    if not isinstance(data, Mapping):
+        raise InvalidEvent("the event data must be a JSON object with 'texts' or 'items'")
+    unknown = set(data) - {"texts", "items", "long_text"}
+    if unknown:
+        raise InvalidEvent(f"unknown field(s) in the event data: {', '.join(sorted(unknown))}")
+    if ("texts" in data) == ("items" in data):
+        raise InvalidEvent("the event data needs exactly one of 'texts' or 'items'")
+    long_text = data.get("long_text")
+    if long_text is not None and long_text not in LONG_TEXT_MODES:
+        raise InvalidEvent(f"'long_text' must be one of {', '.join(LONG_TEXT_MODES)}")
+    key = "texts" if "texts" in data else "items"
+    try:
+        items = parse_items(data[key], max_texts=max_texts, max_chars=max_chars)
+    except ApiError as e:  # the list itself is unusable: the whole event is malformed
+        raise InvalidEvent(e.message.replace("'texts'", f"'{key}'")) from e
+    return items, long_text
+
+
+def item_error_json(error: ItemError) -> dict[str, Any]:
+    """The result entry for an item that could not be classified."""
+    out: dict[str, Any] = {} if error.id is None else {"id": error.id}
+    out["index"] = error.index
+    out["error"] = {"type": "invalid_input", "message": error.message}
+    return out
+
+
+async def answer(state: AppState, event: BaseCloudEvent) -> CloudEvent:
+    """Classify a request event's items and build the reply event."""
+    if event.get_type() != REQUEST_TYPE:
+        raise UnsupportedEventType(
+            f"event type {event.get_type()!r} is not handled; send {REQUEST_TYPE!r}"
+        )
+    s = state.settings
+    items, long_text = parse_data(
+        event.get_data(), max_texts=s.max_texts, max_chars=s.max_text_chars
+    )
+    good = [i for i in items if isinstance(i, Item)]
+    results: list[dict[str, Any]] = []
+    predictions: Iterator[Prediction] = iter(())
+    if good:
+        async with state.admit():
+            predictions = iter(await classify(state, [i.text for i in good], long_text=long_text))
+    for entry in items:
+        if isinstance(entry, Item):
+            results.append(prediction_json(next(predictions), entry.id, state))
+        else:
+            results.append(item_error_json(entry))
+    attributes: dict[str, Any] = {
+        "type": RESPONSE_TYPE,
+        "source": s.event_source,
+        "subject": event.get_subject() or event.get_id(),
+        REQUEST_ID_EXTENSION: event.get_id(),
+        "datacontenttype": "application/json",
+    }
+    return CloudEvent(attributes, {"results": results})
+
+
+async def receive(request: Request) -> Response:
+    """POST /: a CloudEvent in, its reply CloudEvent out (same content mode)."""
+    state = app_state(request)
+    state.require_ready()
+    body = await read_body(request, state.settings.max_body_bytes)
+    event, structured = parse_event(request.headers, body)
+    # CloudEvents distributed-tracing extension: the event's own `traceparent` (set by the
+    # producer, kept through the Broker) parents the span; without one, the HTTP server span does.
+    parent = extract_event_context(event.get_attributes())
+    with tracer.start_as_current_span(
+        f"process {event.get_type()}",
+        context=parent,
+        kind=trace.SpanKind.CONSUMER,
+        attributes={
+            "cloudevents.event_id": event.get_id(),
+            "cloudevents.event_type": event.get_type(),
+        },
+    ):
+        reply = await answer(state, event)
+        # The reply continues the trace: its traceparent is this span's context.
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier)
+        for key in ("traceparent", "tracestate"):
+            if key in carrier:
+                reply.get_attributes()[key] = carrier[key]
+    sink: EventSink | None = state.extras.get("sink")
+    if sink is not None:
+        sink.send(reply)
+    message = ce_http.to_structured_event(reply) if structured else ce_http.to_binary_event(reply)
+    return Response(message.body, status_code=200, headers=message.headers)
+
+
+async def start_sink(state: AppState) -> None:
+    """Start hook: when K_SINK is set, result events are also posted there."""
+    url = state.settings.k_sink
+    if url:
+        state.extras["sink"] = EventSink(url, state.metrics, state.settings.variant)
+        log.info("result events also go to K_SINK")
+
+
+async def stop_sink(state: AppState, timeout_s: float) -> None:
+    """Let sink deliveries in progress finish (up to `timeout_s`), then close the client."""
+    sink: EventSink | None = state.extras.pop("sink", None)
+    if sink is not None:
+        await sink.close(timeout_s)
+
+
+def routes() -> list[BaseRoute]:
+    """The CloudEvents route (the function's root, where Triggers deliver)."""
+    return [Route("/", receive, methods=["POST"])]
+
+
+OPENAPI_PATHS: dict[str, dict[str, Any]] = {
+    "/": {
+        "post": {
+            "summary": "Classify the texts of a CloudEvent (binary or structured mode)",
+            "description": (
+                f'Request type `{REQUEST_TYPE}` with data `{{"texts": [...]}}` or '
+                f'`{{"items": [{{"id", "text"}}]}}`. The reply event has type '
+                f"`{RESPONSE_TYPE}`, the request's subject, the `{REQUEST_ID_EXTENSION}` extension "
+                'and data `{"results": [...]}` with one prediction or error per item, in order.'
+            ),
+            "requestBody": {
+                "required": True,
+                "content": {
+                    STRUCTURED_JSON: {"schema": {"type": "object"}},
+                    "application/json": {"schema": {"type": "object"}},
+                },
+            },
+            "responses": {
+                "200": {"description": "The reply CloudEvent, in the request's content mode"},
+                **{
+                    code: {
+                        "description": text,
+                        "content": {
+                            "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}
+                        },
+                    }
+                    for code, text in (
+                        ("400", "Malformed event or data, or an unsupported event type"),
+                        ("401", "Missing or invalid API key"),
+                        ("413", "Body larger than MAX_BODY_BYTES"),
+                        ("429", "Overloaded; retry after Retry-After seconds"),
+                        ("503", "Not ready or shutting down; retry after Retry-After seconds"),
+                    )
+                },
+            },
+        }
+    }
+}
+
+openapi.EXTRA_PATHS.update(OPENAPI_PATHS)

@@ -1,0 +1,118 @@
+"""Sends result CloudEvents to `K_SINK`, in the background, with retries and exponential backoff.
+
+Knative's SinkBinding (and ContainerSource) inject `K_SINK`; the URL is only ever read from the
+settings, never from a request, so a caller cannot make the function post anywhere else. Delivery
+follows the rules a Knative Broker applies to its own subscribers: 2xx is delivered; 408, 409, 429
+and 5xx (and connection errors) are retried with exponential backoff, honouring Retry-After when it
+asks for longer; any other 4xx is final. Each event is counted once in
+`kubesentiment_events_sent_total{outcome}` as `success` or `failure`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+import httpx
+from cloudevents.core.base import BaseCloudEvent
+from cloudevents.core.bindings import http as ce_http
+
+from shared.metrics import Metrics
+
+log = logging.getLogger("kubesentiment.sink")
+
+# Knative Eventing delivery: these statuses are retried, other 4xx are not.
+RETRIED_STATUSES = frozenset({404, 408, 409, 429})
+
+Sleep = Callable[[float], Awaitable[None]]
+
+
+def backoff_delay(attempt: int, base_s: float, cap_s: float, retry_after: str | None) -> float:
+    """Seconds before retry number `attempt` (1-based): base * 2^(attempt-1), capped, or longer
+    when the receiver's Retry-After (seconds) asks for it."""
+    delay: float = min(cap_s, base_s * 2.0 ** (attempt - 1))
+    if retry_after is not None:
+        with contextlib.suppress(ValueError):  # an HTTP date: keep our own backoff
+            delay = max(delay, min(cap_s, float(retry_after)))
+    return delay
+
+
+class EventSink:
+    """Posts events to one sink URL from background tasks; `close()` waits for them."""
+
+    def __init__(
+        self,
+        url: str,
+        metrics: Metrics,
+        variant: str,
+        *,
+        attempts: int = 5,
+        backoff_s: float = 0.2,
+        max_backoff_s: float = 5.0,
+        timeout_s: float = 10.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        self.url = url
+        self.attempts = attempts
+        self.backoff_s = backoff_s
+        self.max_backoff_s = max_backoff_s
+        self._sent = metrics.events_sent
+        self._variant = variant
+        self._sleep = sleep
+        self._client = httpx.AsyncClient(timeout=timeout_s, transport=transport)
+        self._tasks: set[asyncio.Task[bool]] = set()
+
+    @property
+    def pending(self) -> int:
+        """Events accepted and not yet delivered or given up."""
+        return len(self._tasks)
+
+    def send(self, event: BaseCloudEvent) -> None:
+        """Deliver `event` in the background (binary content mode)."""
+        task = asyncio.create_task(self.deliver(event), name="sink-send")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def deliver(self, event: BaseCloudEvent) -> bool:
+        """Post one event with retries; True when the sink accepted it."""
+        message = ce_http.to_binary_event(event)
+        ok, reason = False, "no attempt made"
+        for attempt in range(1, self.attempts + 1):
+            retry_after: str | None = None
+            try:
+                response = await self._client.post(
+                    self.url, headers=message.headers, content=message.body
+                )
+            except httpx.HTTPError as e:
+                reason = f"{type(e).__name__}: {e}"
+            else:
+                if response.is_success:
+                    ok = True
+                    break
+                reason = f"HTTP {response.status_code}"
+                if response.status_code < 500 and response.status_code not in RETRIED_STATUSES:
+                    break
+                retry_after = response.headers.get("retry-after")
+            if attempt < self.attempts:
+                delay = backoff_delay(attempt, self.backoff_s, self.max_backoff_s, retry_after)
+                log.info("sink delivery failed (%s), retry %d in %.2fs", reason, attempt, delay)
+                await self._sleep(delay)
+        if not ok:
+            log.warning("gave up sending event %s to the sink: %s", event.get_id(), reason)
+        self._sent.labels("success" if ok else "failure", self._variant).inc()
+        return ok
+
+    async def close(self, timeout_s: float) -> None:
+        """Wait up to `timeout_s` for deliveries in progress, then cancel the rest."""
+        if self._tasks:
+            _, late = await asyncio.wait(set(self._tasks), timeout=timeout_s)
+            for task in late:
+                task.cancel()
+            if late:
+                log.warning("%d sink deliveries cancelled at shutdown", len(late))
+                self._sent.labels("failure", self._variant).inc(len(late))
+                await asyncio.gather(*late, return_exceptions=True)
+        await self._client.aclose()
