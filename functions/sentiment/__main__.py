@@ -13,7 +13,7 @@ from types import FrameType
 
 import uvicorn
 
-from shared import logs
+from shared import logs, tracing
 from shared.config import ConfigError, Settings
 
 
@@ -29,7 +29,12 @@ def main() -> None:
 
     from functions.sentiment.app import begin_drain, create_app
 
+    # Tracing is process-wide (one global TracerProvider); without an OTLP endpoint `setup`
+    # returns None and imports nothing from the SDK.
+    provider = tracing.setup(settings)
     app = create_app(settings)
+    if provider is not None:
+        tracing.instrument(app, provider)
     state = app.state.kubesentiment
 
     class Server(uvicorn.Server):
@@ -47,7 +52,10 @@ def main() -> None:
         timeout_keep_alive=75,
         server_header=False,
     )
-    Server(config).run()
+    try:
+        Server(config).run()
+    finally:
+        tracing.shutdown(provider)  # flush the spans still queued in the batch processor
 
 
 if __name__ == "__main__":
