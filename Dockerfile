@@ -17,6 +17,7 @@
 # start (kserve#2529). The start command is exec form so SIGTERM reaches Python directly, and the
 # app binds $PORT itself (Knative runtime contract: listen on $PORT, default 8080).
 
+# checkov:skip=CKV_DOCKER_7:Base images are build arguments whose defaults carry explicit version tags (python:3.11-slim-bookworm, nvidia/cuda:12.6.3-...); checkov cannot resolve ARGs in FROM.
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 ARG CUDA_BASE_IMAGE=nvidia/cuda:12.6.3-cudnn-runtime-ubuntu22.04
 ARG TARGET=cpu

@@ -1,0 +1,19 @@
+output "cluster_name" {
+  description = "Name of the GKE cluster."
+  value       = module.cluster.name
+}
+
+output "gpu_node_selector" {
+  description = "nodeSelector of the GPU pool (matches knative/base/service-gpu-fp16.yaml)."
+  value       = module.cluster.gpu_node_selector
+}
+
+output "api_keys_reference" {
+  description = "API_KEYS value for the functions."
+  value       = module.vault.api_keys_reference
+}
+
+output "vault_roles" {
+  description = "Vault role per function service account."
+  value       = module.vault.roles
+}
