@@ -150,3 +150,13 @@ def live_server(tmp_path: Path) -> Iterator[Callable[..., LiveServer]]:
     yield start
     for s in servers:
         s.stop()
+
+
+@pytest.fixture(scope="session")
+def openbao() -> Iterator[Any]:
+    """A real OpenBao dev server for the whole session (see tests/openbao.py)."""
+    from tests.openbao import OpenBao
+
+    server = OpenBao.start()
+    yield server
+    server.stop()

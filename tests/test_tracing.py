@@ -194,7 +194,8 @@ def test_traceparent_returned_and_honoured(
     version, trace_id, span_id, flags = r.headers["traceparent"].split("-")
     assert (version, trace_id, flags) == ("00", TRACE_ID, "01")
     [span] = [s for s in exporter.get_finished_spans() if s.name == "GET /model"]
-    assert span.context is not None and span.parent is not None
+    assert span.context is not None
+    assert span.parent is not None
     assert format(span.context.span_id, "016x") == span_id
     assert format(span.parent.span_id, "016x") == PARENT_ID
 
@@ -205,7 +206,8 @@ def test_new_trace_without_incoming_traceparent(
     client, _ = memory_traced
     r = client.get("/model")
     _, trace_id, _, _ = r.headers["traceparent"].split("-")
-    assert trace_id != TRACE_ID and int(trace_id, 16) != 0
+    assert trace_id != TRACE_ID
+    assert int(trace_id, 16) != 0
     assert "traceparent" not in client.get("/health/readiness").headers  # excluded: no span
 
 
