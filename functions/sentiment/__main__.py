@@ -8,6 +8,7 @@ SIGTERM precedes shutdown).
 
 from __future__ import annotations
 
+import signal
 import sys
 from types import FrameType
 
@@ -41,6 +42,11 @@ def main() -> None:
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
             begin_drain(state)
             super().handle_exit(sig, frame)
+            # SIGTERM is how Knative stops a pod: once the drain is done, exit 0 instead of
+            # uvicorn re-raising the signal at exit (status -15 reads as a crash in logs).
+            captured: list[int] = getattr(self, "_captured_signals", [])
+            if sig == signal.SIGTERM and sig in captured:
+                captured.remove(sig)
 
     config = uvicorn.Config(
         app,

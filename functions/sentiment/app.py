@@ -103,7 +103,11 @@ async def classify(
     state: AppState, texts: list[str], *, long_text: str | None = None
 ) -> list[Prediction]:
     """Tokenize off the event loop, run through the batcher, and record metrics and spans."""
-    classifier, batcher = state.require_ready()
+    # Only a handler's entry refuses work while draining: a request it already accepted (body
+    # read, maybe queued) still completes after SIGTERM (Knative runtime contract).
+    classifier, batcher = state.classifier, state.batcher
+    if classifier is None or batcher is None:
+        raise NotReady(f"not ready: {state.not_ready_reason}", headers=state.retry_after)
     chunk = (long_text or state.settings.long_text) == "chunk"
     variant = state.settings.variant
     m = state.metrics
