@@ -1,0 +1,1 @@
+"""Benchmarks: KubeSentiment's ONNX variants against a FastAPI + transformers baseline."""
