@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from shared.config import Secret, Settings
+from shared.config import FIELDS, Secret, Settings
 from shared.metrics import Metrics
 
 log = logging.getLogger("kubesentiment.vault")
@@ -331,8 +331,6 @@ def _secret(secret: Secret | None) -> str:
 
 
 def _env_name(field_name: str) -> str:
-    from shared.config import FIELDS
-
     return FIELDS[field_name].env
 
 
