@@ -86,7 +86,9 @@ def main() -> None:
     checkpoint = Path(os.environ.get("CHECKPOINT_DIR", str(CHECKPOINT)))
     max_tokens = int(os.environ.get("MAX_TOKENS", "256"))
     app = create_app(checkpoint, max_tokens)
-    uvicorn.run(app, host="127.0.0.1", port=int(os.environ.get("PORT", "8090")), log_level="warning")
+    uvicorn.run(
+        app, host="127.0.0.1", port=int(os.environ.get("PORT", "8090")), log_level="warning"
+    )
 
 
 if __name__ == "__main__":

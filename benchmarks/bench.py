@@ -290,7 +290,8 @@ def machine() -> dict[str, str]:
 
 
 def token_range(model_dir: Path) -> str:
-    """Min-max tokens (special tokens included) of the benchmark texts under the served tokenizer."""
+    """Min-max tokens (special tokens included) of the benchmark texts under the served "
+    "tokenizer."""
     from tokenizers import Tokenizer
 
     tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
@@ -304,12 +305,19 @@ def rows(results: Mapping[str, Figures]) -> list[tuple[str, str, list[float], bo
     """(metric, unit, values in server order, higher is better) for the table and charts."""
     order = list(results.values())
     out: list[tuple[str, str, list[float], bool]] = [
-        ("cold start (spawn to first prediction, median)", "s", [f.cold_start for f in order], False),
+        (
+            "cold start (spawn to first prediction, median)",
+            "s",
+            [f.cold_start for f in order],
+            False,
+        ),
     ]
     for q in ("p50", "p95", "p99"):
         out.append((f"latency {q}, concurrency 1", "ms", [f.latency_ms[q] for f in order], False))
     for c in CONCURRENCY:
-        out.append((f"throughput, concurrency {c}", "req/s", [f.throughput_rps[c] for f in order], True))
+        out.append(
+            (f"throughput, concurrency {c}", "req/s", [f.throughput_rps[c] for f in order], True)
+        )
     out.append(("peak RSS (process tree)", "MiB", [f.peak_rss_mib for f in order], False))
     return out
 
@@ -331,8 +339,11 @@ def markdown(results: Mapping[str, Figures], info: Mapping[str, str], command: s
         "Ratios are ours / baseline: above 1 is better for throughput, below 1 is better for "
         "time and memory.",
         "",
-        "| metric | " + " | ".join(keys) + " | "
-        + " | ".join(f"{k} / baseline" for k in keys[1:]) + " |",
+        "| metric | "
+        + " | ".join(keys)
+        + " | "
+        + " | ".join(f"{k} / baseline" for k in keys[1:])
+        + " |",
         "|---|" + "---:|" * (2 * len(keys) - 1),
     ]
     for metric, unit, values, _ in rows(results):
@@ -342,10 +353,10 @@ def markdown(results: Mapping[str, Figures], info: Mapping[str, str], command: s
         lines.append(f"| {metric} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
     failed = {k: f.failed for k, f in results.items() if any(f.failed.values())}
     lines += ["", f"Failed requests during the throughput runs: {failed or 'none'}.", ""]
-    base, int8 = results.get("baseline"), results.get("cpu-int8")
-    if base and int8:
-        cold = base.cold_start / int8.cold_start
-        tput = int8.throughput_rps[32] / base.throughput_rps[32]
+    baseline, int8 = results.get("baseline"), results.get("cpu-int8")
+    if baseline and int8:
+        cold = baseline.cold_start / int8.cold_start
+        tput = int8.throughput_rps[32] / baseline.throughput_rps[32]
         lines += [
             "## Targets",
             "",
@@ -385,7 +396,9 @@ def charts(results: Mapping[str, Figures], out_dir: Path) -> None:
         fig.savefig(out_dir / f"{name}.png")
         plt.close(fig)
 
-    def grouped(name: str, title: str, unit: str, groups: list[str], data: list[list[float]]) -> None:
+    def grouped(
+        name: str, title: str, unit: str, groups: list[str], data: list[list[float]]
+    ) -> None:
         fig, ax = plt.subplots(figsize=(7, 3.8), dpi=110)
         width = 0.8 / len(keys)
         for i, key in enumerate(keys):

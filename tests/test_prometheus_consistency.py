@@ -100,9 +100,7 @@ def metric_names(expr: str) -> set[str]:
     text = re.sub(r'"(?:\\.|[^"\\])*"' + r"|'(?:\\.|[^'\\])*'", '""', expr)
     text = re.sub(r"\{[^}]*\}", " ", text)
     text = re.sub(r"\[[^\]]*\]", " ", text)
-    text = re.sub(
-        r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", text
-    )
+    text = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", text)
     names = set()
     for match in re.finditer(r"(?<![\w.$])[A-Za-z_:][\w:]*", text):
         if text[match.end() :].lstrip().startswith("("):
@@ -179,7 +177,8 @@ def unexplained(used: dict[str, set[str]], emitted: set[str], recorded: set[str]
 
 def test_metric_names_parser() -> None:
     expr = (
-        'histogram_quantile(0.95, sum by (variant, le) (rate(a_bucket{route!~"/x|y(z)"}[$__rate_interval])))'
+        'histogram_quantile(0.95, sum by (variant, le) (rate(a_bucket{route!~"/x|y('
+        'z)"}[$__rate_interval])))'
         " / on (variant) group_left (model) b:rec:ratio_rate5m offset 15m"
         " or max without (pod) (c_total) > 1e-3 * ignoring (x) d unless e"
     )
