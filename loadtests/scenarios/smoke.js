@@ -36,7 +36,9 @@ export default function () {
   check(one, {
     'predict 200': (r) => r.status === 200,
     'predict has a known label': (r) => LABELS.includes(r.json('label')),
-    'predict score in [0, 1]': (r) => r.json('score') >= 0 && r.json('score') <= 1,
+    'predict score is a polarity in [-1, 1]': (r) => Math.abs(r.json('score')) <= 1,
+    'predict probabilities sum to 1': (r) =>
+      Math.abs(Object.values(r.json('probabilities')).reduce((a, b) => a + b, 0) - 1) < 1e-3,
   });
 
   const batch = http.post(`${BASE_URL}/predict`, JSON.stringify({ texts: TEXTS }), {
