@@ -95,6 +95,9 @@ cleanup() {
     kill -9 "$DOCKERD_PID" 2>/dev/null || true
     wait "$DOCKERD_PID" 2>/dev/null || true
   fi
+  # dockerd leaves its network namespace bind-mounted under the exec root.
+  awk -v w="$WORK" 'index($2, w) == 1 { print $2 }' /proc/mounts | sort -r \
+    | while read -r m; do umount -l "$m" 2>/dev/null || true; done
   rm -rf "$WORK" 2>/dev/null || true
   exit "$rc"
 }
