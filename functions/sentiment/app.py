@@ -111,7 +111,7 @@ async def classify(
     chunk = (long_text or state.settings.long_text) == "chunk"
     variant = state.settings.variant
     m = state.metrics
-    with tracer.start_as_current_span("tokenize") as span:
+    with tracer.start_as_current_span("tokenize") as span, batcher.expecting(len(texts)):
         t0 = time.perf_counter()
         encoded = await run_in_threadpool(classifier.encode, texts, chunk=chunk)
         tokenize_s = time.perf_counter() - t0

@@ -1,0 +1,198 @@
+"""Held-out evaluation of the served model variants and a VADER baseline: `make eval`.
+
+Sets (all held out of training, see training/data.py):
+* movie binary: Hutto movie-review snippets, polarity = sign of the mean human rating;
+  predicted polarity = sign of `score` (VADER: sign of compound).
+* hutto 3-class: the Hutto test split (tweets, Amazon, NYT); VADER uses its standard +-0.05 cut.
+* hutto binary: the same split without neutral rows, polarity by sign of score.
+* crowdflower 3-class: the CrowdFlower test split.
+* pearson: correlation of `score` (VADER: compound) with the mean human rating on the Hutto test
+  split; reported on the movie snippets too.
+* latency: median of 200 batch-1 runs of a 64-token text, after 20 warm-up runs, same threads.
+
+The models run through the serving code (functions.sentiment.model.Classifier), so what is
+measured is what is served. `--write` stores the figures in each model's manifest and model card.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from functions.sentiment.model import Classifier
+from shared import modeldir
+from training import data
+from training.modelcard import write_card
+
+Scorer = Callable[[list[str]], tuple[list[int], list[float]]]
+
+
+def macro_f1(gold: Sequence[int], pred: Sequence[int]) -> float:
+    """Macro-averaged F1 over the classes present in `gold`."""
+    scores = []
+    for c in sorted(set(gold)):
+        tp = sum(1 for g, p in zip(gold, pred, strict=True) if g == c and p == c)
+        fp = sum(1 for g, p in zip(gold, pred, strict=True) if g != c and p == c)
+        fn = sum(1 for g, p in zip(gold, pred, strict=True) if g == c and p != c)
+        denom = 2 * tp + fp + fn
+        scores.append(2 * tp / denom if denom else 0.0)
+    return float(np.mean(scores))
+
+
+def accuracy(gold: Sequence[int], pred: Sequence[int]) -> float:
+    """Share of exact matches."""
+    return float(np.mean([g == p for g, p in zip(gold, pred, strict=True)]))
+
+
+def onnx_scorer(classifier: Classifier, batch_size: int = 64) -> Scorer:
+    """Class indices and scores from a model, in length-sorted batches."""
+
+    def score(texts: list[str]) -> tuple[list[int], list[float]]:
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        labels: list[int] = [0] * len(texts)
+        scores: list[float] = [0.0] * len(texts)
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            for i, p in zip(idx, classifier.predict([texts[i] for i in idx]), strict=True):
+                labels[i] = classifier.labels.index(p.label)
+                scores[i] = float(p.score or 0.0)
+        return labels, scores
+
+    return score
+
+
+def vader_scorer() -> Scorer:
+    """VADER compound score, 3 classes by its standard +-0.05 thresholds."""
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+    analyzer = SentimentIntensityAnalyzer()
+
+    def score(texts: list[str]) -> tuple[list[int], list[float]]:
+        compounds = [analyzer.polarity_scores(t)["compound"] for t in texts]
+        labels = [0 if c <= -0.05 else 2 if c >= 0.05 else 1 for c in compounds]
+        return labels, compounds
+
+    return score
+
+
+def polarity(scores: Sequence[float]) -> list[int]:
+    """Binary polarity from a score: 2 (positive) when > 0, else 0."""
+    return [2 if s > 0 else 0 for s in scores]
+
+
+def evaluate(scorer: Scorer) -> dict[str, Any]:
+    """Every held-out figure for one scorer."""
+    out: dict[str, Any] = {}
+    movie = data.movie_reviews()
+    _, ms = scorer([e.text for e in movie])
+    mg = [e.label for e in movie]
+    out["movie_binary"] = {
+        "n": len(movie),
+        "accuracy": accuracy(mg, polarity(ms)),
+        "macro_f1": macro_f1(mg, polarity(ms)),
+        "pearson": float(np.corrcoef(ms, [e.rating for e in movie])[0, 1]),
+    }
+    hutto = data.hutto("test")
+    hl, hs = scorer([e.text for e in hutto])
+    hg = [e.label for e in hutto]
+    out["hutto_3class"] = {"n": len(hutto), "accuracy": accuracy(hg, hl), "macro_f1": macro_f1(hg, hl)}
+    polar = [i for i, g in enumerate(hg) if g != 1]
+    pg, pp = [hg[i] for i in polar], polarity([hs[i] for i in polar])
+    out["hutto_binary"] = {"n": len(polar), "accuracy": accuracy(pg, pp), "macro_f1": macro_f1(pg, pp)}
+    out["hutto_pearson"] = {
+        "n": len(hutto),
+        "pearson": float(np.corrcoef(hs, [e.rating for e in hutto])[0, 1]),
+    }
+    cf = data.crowdflower("test")
+    cl, _ = scorer([e.text for e in cf])
+    cg = [e.label for e in cf]
+    out["crowdflower_3class"] = {"n": len(cf), "accuracy": accuracy(cg, cl), "macro_f1": macro_f1(cg, cl)}
+    return out
+
+
+LATENCY_TEXT = " ".join(["good"] * 62)  # 62 word pieces + [CLS] + [SEP] = 64 tokens
+
+
+def latency_ms(classifier: Classifier, runs: int = 200) -> float:
+    """Median milliseconds of one batch-1, 64-token session.run (tokenization excluded)."""
+    (enc,) = classifier.encode([LATENCY_TEXT])
+    assert enc.tokens == 64, enc.tokens
+    for _ in range(20):
+        classifier.run(list(enc.windows))
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        classifier.run(list(enc.windows))
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times) * 1000)
+
+
+def _row(name: str, r: dict[str, Any]) -> str:
+    return (
+        f"| {name} | {r['movie_binary']['accuracy']:.3f} | {r['hutto_3class']['accuracy']:.3f} "
+        f"| {r['hutto_binary']['accuracy']:.3f} | {r['crowdflower_3class']['accuracy']:.3f} "
+        f"| {r['hutto_pearson']['pearson']:.3f} | {r['hutto_3class']['macro_f1']:.3f} "
+        f"| {r['crowdflower_3class']['macro_f1']:.3f} | {r.get('latency_ms_batch1_64', float('nan')):.2f} |"
+    )
+
+
+HEADER = (
+    "| model | movie binary acc | Hutto 3-class acc | Hutto binary acc | CrowdFlower 3-class acc "
+    "| Pearson (Hutto) | Hutto macro-F1 | CrowdFlower macro-F1 | batch-1 64-tok ms |\n"
+    "|---|---|---|---|---|---|---|---|---|"
+)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Evaluate model variants on the held-out sets.")
+    parser.add_argument(
+        "models", nargs="*", type=Path,
+        default=[Path("models/minilm-sentiment-fp32"), Path("models/minilm-sentiment-int8")],
+    )  # fmt: skip
+    parser.add_argument("--threads", type=int, default=0, help="ORT intra-op threads (0 = quota)")
+    parser.add_argument("--no-vader", action="store_true")
+    parser.add_argument("--latency-only", action="store_true")
+    parser.add_argument("--write", action="store_true", help="store figures in manifests and cards")
+    args = parser.parse_args(argv)
+
+    results: dict[str, dict[str, Any]] = {}
+    for directory in args.models:
+        classifier = Classifier.load(directory, intra_op_threads=args.threads)
+        r: dict[str, Any] = {} if args.latency_only else evaluate(onnx_scorer(classifier))
+        r["latency_ms_batch1_64"] = latency_ms(classifier)
+        r["intra_op_threads"] = classifier.threads
+        results[f"{classifier.manifest.name} {classifier.manifest.precision}"] = r
+        print(f"{directory}: {json.dumps(r)}", flush=True)
+    if not args.no_vader and not args.latency_only:
+        results["VADER (vaderSentiment 3.3.2)"] = evaluate(vader_scorer())
+    lat = {k: v["latency_ms_batch1_64"] for k, v in results.items() if "latency_ms_batch1_64" in v}
+    fp32 = next((v for k, v in lat.items() if k.endswith("fp32")), None)
+    int8 = next((v for k, v in lat.items() if k.endswith("int8")), None)
+    if not args.latency_only:
+        print("\n" + HEADER)
+        for name, r in results.items():
+            print(_row(name, r))
+    if fp32 and int8:
+        print(f"\nint8/fp32 latency ratio at batch 1, 64 tokens: {int8 / fp32:.2f} "
+              f"({int8:.2f} ms vs {fp32:.2f} ms)")  # fmt: skip
+    if args.write and not args.latency_only:
+        for directory in args.models:
+            manifest = modeldir.load(directory)
+            key = f"{manifest.name} {manifest.precision}"
+            evaluation = {**results[key], "measured_on": "2 CPU cores", "baseline_vader": {
+                k: v for k, v in results.get("VADER (vaderSentiment 3.3.2)", {}).items()
+            }}  # fmt: skip
+            write_card(directory, manifest, evaluation, HEADER, [_row(k, v) for k, v in results.items()])
+            updated = modeldir.Manifest(**{**manifest.__dict__, "evaluation": evaluation})
+            modeldir.write_manifest(directory, updated)
+            print(f"wrote evaluation into {directory}")
+
+
+if __name__ == "__main__":
+    main()
