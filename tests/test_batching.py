@@ -188,3 +188,41 @@ def test_batching_off_runs_each_request_alone_split_at_max_size() -> None:
         await b.close()
 
     asyncio.run(main())
+
+
+async def turns(n: int = 20) -> None:
+    """Let the event loop run `n` rounds (no wall-clock wait)."""
+    for _ in range(n):
+        await asyncio.sleep(0)
+
+
+def test_the_worker_waits_for_texts_announced_as_on_their_way() -> None:
+    async def main() -> None:
+        run = FakeRun()
+        b = Batcher(run, max_size=32, max_wait_s=30)
+        await b.start()
+        with b.expecting(1):  # a second request is being tokenized
+            first = asyncio.create_task(b.submit(texts(1)))
+            await turns()  # the worker took the first text and waits for the announced one
+            assert not run.started.is_set()
+        second = await b.submit(texts(2))
+        await first
+        assert [len(r) for r in run.runs] == [2]  # one run for both
+        assert float(second.probabilities[0][0][0]) == 2
+        await b.close()
+
+    asyncio.run(main())
+
+
+def test_an_announced_text_that_never_comes_delays_a_run_by_max_wait_at_most() -> None:
+    async def main() -> None:
+        run = FakeRun()
+        b = Batcher(run, max_size=32, max_wait_s=0.05)
+        await b.start()
+        with b.expecting(1):  # e.g. its tokenization fails
+            outcome = await asyncio.wait_for(b.submit(texts(1)), 10)
+        assert len(outcome.probabilities) == 1
+        assert b.expected == 0
+        await b.close()
+
+    asyncio.run(main())

@@ -2,9 +2,11 @@
 
 One worker owns the inference thread. When it is free it takes every text already queued (up to
 BATCH_MAX_SIZE windows), so a request that arrives at an idle worker runs at once. Texts that
-arrive while a run is busy pile up and share the next run. Only when the worker already holds
-texts of more than one request and the batch is not full does it wait up to BATCH_MAX_WAIT_MS for
-more: that tops up batches under load without delaying a lone request (even one with many texts).
+arrive while a run is busy pile up and share the next run. Requests announce themselves while
+they are being tokenized (`expecting()`); only while announced texts are on their way and the batch
+is not full does the worker wait, up to BATCH_MAX_WAIT_MS, for them to join. Under load that turns
+"one lone text, then everybody else" into one full run; a lone request, even one with many texts,
+never waits, because nothing else is expected.
 
 A taken batch is sorted by token count and split where lengths diverge, so short texts do not pay
 for a long neighbour's padding. Admission is bounded: beyond MAX_QUEUED_TEXTS a submit raises
@@ -21,10 +23,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -77,7 +78,6 @@ class Outcome:
 class _Item:
     windows: tuple[Window, ...]
     future: asyncio.Future[tuple[Probabilities, RunStats]]
-    request: int = 0  # which submit() the text belongs to
     enqueued: float = field(default_factory=time.perf_counter)
 
     @property
@@ -136,7 +136,7 @@ class Batcher:
         self.queued = 0  # texts accepted and not yet answered
         self.draining = False
         self._idle: asyncio.Event | None = None
-        self._requests = itertools.count()
+        self.expected = 0  # texts announced by expecting() and not yet submitted
         self._taken: list[_Item] = []  # items the worker holds (taken from the queue, not answered)
 
     async def start(self) -> None:
@@ -146,6 +146,19 @@ class Batcher:
         self._idle.set()
         if self.enabled:
             self._worker = asyncio.create_task(self._loop(), name="batcher")
+
+    @contextlib.contextmanager
+    def expecting(self, texts: int) -> Iterator[None]:
+        """Announce `texts` about to be submitted (wrap their tokenization in this).
+
+        Leave the block and call `submit` with no `await` in between, so the texts stop being
+        expected exactly when they are queued.
+        """
+        self.expected += texts
+        try:
+            yield
+        finally:
+            self.expected -= texts
 
     async def submit(self, windows: Sequence[tuple[Window, ...]]) -> Outcome:
         """Probabilities for each text's windows, in order; raises Overloaded or NotReady."""
@@ -168,8 +181,7 @@ class Batcher:
                 results = await self._run_alone(windows)
             else:
                 loop = asyncio.get_running_loop()
-                request = next(self._requests)
-                items = [_Item(tuple(w), loop.create_future(), request) for w in windows]
+                items = [_Item(tuple(w), loop.create_future()) for w in windows]
                 for item in items:
                     self._queue.put_nowait(item)
                 results = list(await asyncio.gather(*(i.future for i in items)))
@@ -239,12 +251,11 @@ class Batcher:
             item = self._queue.get_nowait()
             items.append(item)
             size += len(item.windows)
-        # Top up only when texts of several requests are already waiting (the function is under
-        # load); a lone request, even one with many texts, runs at once.
-        several = len({i.request for i in items}) > 1
-        if several and size < self.max_size and self.max_wait_s > 0:
+        # Top up only while announced texts are on their way (being tokenized): they would
+        # otherwise wait a whole run. Nothing expected (a lone request): run at once.
+        if self.expected > 0 and size < self.max_size and self.max_wait_s > 0:
             deadline = time.perf_counter() + self.max_wait_s
-            while size < self.max_size:
+            while size < self.max_size and (self.expected > 0 or not self._queue.empty()):
                 remaining = deadline - time.perf_counter()
                 if remaining <= 0:
                     break

@@ -1,0 +1,241 @@
+"""Micro-batching benchmark: throughput and p50/p99 at concurrency 1, 8 and 32, batching on and off.
+
+Starts `python -m functions.sentiment` on a loopback port twice (BATCHING=true, then false), drives
+each with closed-loop async httpx users that POST one short text to /predict, and prints a table
+plus the two targets of the batching design: at concurrency 32 batching on should give >= 1.5x
+the throughput of batching off, and at concurrency 1 its p50 should be within 10 % of off.
+
+    python -m benchmarks.batching [--model-dir models/minilm-sentiment-int8] [--seconds 12]
+
+Not a test: the figures depend on the machine. Bounded: about (2 + seconds) x 6 plus two start-ups.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+LEVELS = (1, 8, 32)
+WARMUP_S = 2.0
+
+_OPENERS = ["The film", "This phone", "Our stay", "The service", "The book", "Dinner", "The update"]
+_MIDDLES = [
+    "was far better than I expected",
+    "fell apart after two days",
+    "is fine, nothing special",
+    "made the whole trip worthwhile",
+    "crashes every time I open it",
+    "arrived late and cold",
+    "has a gripping plot and a moving ending",
+]
+_ENDINGS = ["", ".", "!", ", honestly.", " and I would do it again.", " but the price is too high."]
+
+
+def sample_texts(n: int = 512, seed: int = 0) -> list[str]:
+    """Short review-like texts (roughly 8-30 tokens), the same every run."""
+    rng = random.Random(seed)
+    return [
+        f"{rng.choice(_OPENERS)} {rng.choice(_MIDDLES)}{rng.choice(_ENDINGS)}" for _ in range(n)
+    ]
+
+
+@dataclass(frozen=True)
+class Result:
+    """One measured level."""
+
+    batching: bool
+    concurrency: int
+    requests: int
+    errors: int
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+    mean_batch: float
+
+    @property
+    def throughput(self) -> float:
+        """Successful requests per second."""
+        return (self.requests - self.errors) / self.seconds
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    """The function in a subprocess on a loopback port."""
+
+    def __init__(self, model_dir: Path, batching: bool, extra_env: dict[str, str]) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {
+            **os.environ,
+            "HOST": "127.0.0.1",
+            "PORT": str(self.port),
+            "MODEL_DIR": str(model_dir),
+            "BATCHING": "true" if batching else "false",
+            "LOG_LEVEL": "warning",
+            "LOG_FORMAT": "text",
+            "MAX_CONCURRENCY": "256",
+            **extra_env,
+        }
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "functions.sentiment"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+
+    def wait_ready(self, deadline_s: float = 90.0) -> None:
+        """Poll readiness until 200."""
+        deadline = time.monotonic() + deadline_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                err = self.proc.stderr.read().decode() if self.proc.stderr else ""
+                raise SystemExit(f"server exited: {err[-2000:]}")
+            try:
+                if httpx.get(f"{self.url}/health/readiness", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise SystemExit("server not ready in time")
+
+    def stop(self) -> None:
+        """SIGTERM, then wait (kill after 30 s)."""
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def batch_totals(metrics: str) -> tuple[float, float]:
+    """(sum, count) of the server's batch-size histogram."""
+    total = re.search(r"^kubesentiment_batch_size_sum\{[^}]*\} (\S+)$", metrics, re.M)
+    count = re.search(r"^kubesentiment_batch_size_count\{[^}]*\} (\S+)$", metrics, re.M)
+    return (float(total.group(1)) if total else 0.0, float(count.group(1)) if count else 0.0)
+
+
+async def drive(
+    url: str, concurrency: int, seconds: float, texts: list[str]
+) -> tuple[list[float], int, int]:
+    """Closed-loop users for `seconds`: (latencies of 200s in s, requests, non-200 answers)."""
+    latencies: list[float] = []
+    counts = [0, 0]
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
+        stop = time.perf_counter() + seconds
+
+        async def user(k: int) -> None:
+            i = k
+            while time.perf_counter() < stop:
+                t0 = time.perf_counter()
+                r = await client.post("/predict", json={"text": texts[i % len(texts)]})
+                elapsed = time.perf_counter() - t0
+                counts[0] += 1
+                if r.status_code == 200:
+                    latencies.append(elapsed)
+                else:
+                    counts[1] += 1
+                i += concurrency
+
+        await asyncio.gather(*(user(k) for k in range(concurrency)))
+    return latencies, counts[0], counts[1]
+
+
+def measure(server: Server, batching: bool, seconds: float, texts: list[str]) -> list[Result]:
+    """Every level against one server."""
+    out = []
+    for level in LEVELS:
+        asyncio.run(drive(server.url, level, WARMUP_S, texts))
+        before = batch_totals(httpx.get(f"{server.url}/metrics").text)
+        t0 = time.perf_counter()
+        latencies, requests, errors = asyncio.run(drive(server.url, level, seconds, texts))
+        elapsed = time.perf_counter() - t0
+        after = batch_totals(httpx.get(f"{server.url}/metrics").text)
+        runs = after[1] - before[1]
+        qs = statistics.quantiles(latencies, n=100, method="inclusive")
+        out.append(
+            Result(
+                batching=batching,
+                concurrency=level,
+                requests=requests,
+                errors=errors,
+                seconds=elapsed,
+                p50_ms=statistics.median(latencies) * 1000,
+                p99_ms=qs[98] * 1000,
+                mean_batch=(after[0] - before[0]) / runs if runs else 0.0,
+            )
+        )
+        print(f"  measured batching={'on' if batching else 'off'} c={level}", file=sys.stderr)
+    return out
+
+
+def table(results: list[Result]) -> str:
+    """The printed table and the two target checks."""
+    lines = [
+        f"{'batching':<9}{'conc':>5}{'requests':>10}{'errors':>8}{'req/s':>9}"
+        f"{'p50 ms':>9}{'p99 ms':>9}{'mean batch':>12}"
+    ]
+    for r in results:
+        lines.append(
+            f"{'on' if r.batching else 'off':<9}{r.concurrency:>5}{r.requests:>10}{r.errors:>8}"
+            f"{r.throughput:>9.1f}{r.p50_ms:>9.2f}{r.p99_ms:>9.2f}{r.mean_batch:>12.2f}"
+        )
+    by = {(r.batching, r.concurrency): r for r in results}
+    speedup = by[True, 32].throughput / by[False, 32].throughput
+    p50_ratio = by[True, 1].p50_ms / by[False, 1].p50_ms
+    lines.append(
+        f"c=32 throughput on/off: {speedup:.2f}x (target >= 1.5x: "
+        f"{'met' if speedup >= 1.5 else 'MISSED'})"
+    )
+    lines.append(
+        f"c=1 p50 on/off: {p50_ratio:.3f} (target <= 1.10: "
+        f"{'met' if p50_ratio <= 1.10 else 'MISSED'})"
+    )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run both servers, print the table."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("--model-dir", type=Path, default=ROOT / "models" / "minilm-sentiment-int8")
+    p.add_argument("--seconds", type=float, default=12.0, help="measured seconds per level")
+    p.add_argument("--threads", default="", help="ORT_INTRA_OP_THREADS (default: CPU quota)")
+    a = p.parse_args(argv)
+    extra = {"ORT_INTRA_OP_THREADS": a.threads} if a.threads else {}
+    texts = sample_texts()
+    results: list[Result] = []
+    for batching in (True, False):
+        server = Server(a.model_dir, batching, extra)
+        try:
+            server.wait_ready()
+            results += measure(server, batching, a.seconds, texts)
+        finally:
+            server.stop()
+    print(f"model: {a.model_dir.name}, {a.seconds:.0f} s per level, cpus: {os.cpu_count()}")
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()
