@@ -35,7 +35,7 @@ from typing import Any
 
 import httpx
 
-from loadtests.local import LOOPBACK, ROOT, free_port
+from loadtests.local import LOOPBACK, ROOT, free_port, status_kib, tree_rss_kib
 from loadtests.run import k6_binary
 
 HERE = Path(__file__).resolve().parent
@@ -101,41 +101,6 @@ class Figures:
 # --- process and memory -----------------------------------------------------------------------
 
 
-def _children(pid: int) -> list[int]:
-    found: list[int] = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # Field 4 (after the parenthesised command, which may hold spaces) is the parent pid.
-        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-            found.append(int(entry.name))
-    return found
-
-
-def _status_kib(pid: int, key: str) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def tree_rss_kib(pid: int) -> int:
-    """Resident set of a process and all its descendants, in KiB."""
-    total, todo = 0, [pid]
-    while todo:
-        current = todo.pop()
-        total += _status_kib(current, "VmRSS")
-        todo.extend(_children(current))
-    return total
-
-
 class RssSampler:
     """Samples the summed RSS of a process tree in a thread; `peak_mib` after `stop()`."""
 
@@ -150,7 +115,7 @@ class RssSampler:
             self.peak_kib = max(self.peak_kib, tree_rss_kib(self.pid))
 
     def stop(self) -> float:
-        self.peak_kib = max(self.peak_kib, _status_kib(self.pid, "VmHWM"))
+        self.peak_kib = max(self.peak_kib, status_kib(self.pid, "VmHWM"))
         self._stop.set()
         self._thread.join()
         return self.peak_kib / 1024

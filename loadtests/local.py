@@ -136,6 +136,42 @@ def stop(function: LocalFunction, timeout_s: float = 15.0) -> int:
     return int(process.returncode)
 
 
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # Field 4 (after the parenthesised command, which may hold spaces) is the parent pid.
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found.append(int(entry.name))
+    return found
+
+
+def status_kib(pid: int, key: str) -> int:
+    """A `KEY: N kB` field of /proc/PID/status (VmRSS, VmHWM), 0 when gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def tree_rss_kib(pid: int) -> int:
+    """Resident set of a process and all its descendants, in KiB."""
+    total, todo = 0, [pid]
+    while todo:
+        current = todo.pop()
+        total += status_kib(current, "VmRSS")
+        todo.extend(_children(current))
+    return total
+
+
 @contextlib.contextmanager
 def running(
     variant: str = "cpu-int8",

@@ -25,7 +25,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from loadtests.local import VARIANTS, LocalFunction, free_port, spawn, stop, wait_ready
+from loadtests.local import (
+    VARIANTS,
+    LocalFunction,
+    free_port,
+    spawn,
+    status_kib,
+    stop,
+    tree_rss_kib,
+    wait_ready,
+)
 
 SCENARIOS_DIR = Path(__file__).resolve().parent / "scenarios"
 
@@ -50,6 +59,7 @@ class Result:
     variant: str
     exit_code: int  # 0 = every threshold passed; 99 = a threshold failed (k6 convention)
     summary_path: Path
+    rss_mib: tuple[float, float, float] = (0.0, 0.0, 0.0)  # function at start, at end, peak
 
 
 def scenarios() -> list[str]:
@@ -132,6 +142,8 @@ def run_scenario(
             env.setdefault("SPAWNED_AT_MS", str(int(function.spawned_at * 1000)))
         else:
             wait_ready(function)
+        pid = function.process.pid
+        rss_start = tree_rss_kib(pid) / 1024
         code = run_k6(
             scenario,
             function.base_url,
@@ -140,9 +152,11 @@ def run_scenario(
             timeout_s=timeout_s,
             quiet=quiet,
         )
+        # Memory drift over the run (what a soak is for); the function exports no process metrics.
+        rss = (rss_start, tree_rss_kib(pid) / 1024, status_kib(pid, "VmHWM") / 1024)
     finally:
         stop(function)
-    return Result(scenario, variant, code, summary)
+    return Result(scenario, variant, code, summary, rss)
 
 
 def parse_env(pairs: Sequence[str]) -> dict[str, str]:
@@ -199,7 +213,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             took = time.monotonic() - started
             print(
                 f"{args.scenario} on {variant}: exit {result.exit_code} in {took:.0f} s, "
-                f"summary {result.summary_path}"
+                f"RSS {result.rss_mib[0]:.0f} -> {result.rss_mib[1]:.0f} MiB "
+                f"(peak {result.rss_mib[2]:.0f}), summary {result.summary_path}"
             )
             failed += result.exit_code != 0
     return 1 if failed else 0
