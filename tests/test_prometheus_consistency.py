@@ -3,9 +3,10 @@
 Starts `python -m functions.sentiment` and the Debian `prometheus` server on loopback (1 s scrape
 and rule evaluation, the rule files loaded), drives traffic including bad requests and 429s, then
 checks through the Prometheus HTTP API that every recording rule returns data, that every dashboard
-query is valid PromQL for this Prometheus, and that every metric name used in rules and dashboards
-is either in the function's own /metrics or on the explicit Knative/Kubernetes list below. A metric
-removed from shared/metrics.py therefore fails this test.
+query is valid PromQL for this Prometheus, that `promtool check metrics` has nothing to say about
+the live scrape, and that every metric name used in rules and dashboards is either in the
+function's own /metrics or on the explicit Knative/Kubernetes list below. A metric removed from
+shared/metrics.py therefore fails this test.
 """
 
 from __future__ import annotations
@@ -374,6 +375,15 @@ def test_rules_and_dashboards_match_a_live_function(
 
     # Every metric name used anywhere is emitted by the function or is a Knative/k8s metric.
     exposition = httpx.get(f"{function.base_url}/metrics", timeout=5.0).text
+    lint = subprocess.run(
+        [shutil.which("promtool") or "promtool", "check", "metrics"],
+        input=exposition,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    assert lint.stdout.strip() == "", lint.stdout
     emitted = sample_names(exposition)
     assert unexplained(used_names(), emitted, recorded) == []
 
