@@ -158,6 +158,7 @@ class SecretStore:
         self._granted_ttl = 0
         self._ttl = 0
         self._renewable = False
+        self._capped = False
         self._task: asyncio.Task[None] | None = None
         for name, secret in settings.secrets().items():
             if secret.is_vault_ref:
@@ -278,6 +279,9 @@ class SecretStore:
             self._fail("renew", "token renewal", e)
             raise
         self._ttl = int(resp["auth"].get("lease_duration") or 0)
+        # Vault grants less than the token's TTL, with a warning, once the max TTL caps it.
+        warnings = resp.get("warnings") or []
+        self._capped = self._ttl < self._granted_ttl or any("max_ttl" in str(w) for w in warnings)
         self.renewals += 1
         log.info("vault token renewed", extra={"token_ttl_s": self._ttl})
 
@@ -307,7 +311,7 @@ class SecretStore:
             try:
                 if action == "renew":
                     await asyncio.to_thread(self._renew)
-                    if self._ttl < self._granted_ttl and can_login:
+                    if self._capped and can_login:
                         # The max TTL capped the lease: no renewal can extend it any more, so
                         # log in again before it runs out.
                         action, delay = "login", max(MIN_DELAY_S, self._ttl * RENEW_AT)
@@ -322,7 +326,10 @@ class SecretStore:
                 continue
             backoff = 1.0
             if await asyncio.to_thread(self._refresh) and self.on_change is not None:
-                self.on_change(dict(self.values))
+                try:
+                    self.on_change(dict(self.values))
+                except Exception as e:  # a rotated value that cannot be used: keep the old one
+                    self._fail("read", "applying rotated secrets", e)
             action, delay = self._plan()
 
 

