@@ -65,7 +65,7 @@ def knative(otel: str, legacy: str, legend: str) -> Query:
     return q(f"({otel}) or ({legacy})", legend)
 
 
-INFERENCE = f'{V},route!~"/health.*|/metrics"'
+INFERENCE = f'{V},route!~".*/health/.*|.*/ready|/metrics"'
 
 ROWS: tuple[tuple[str, tuple[Panel, ...]], ...] = (
     (

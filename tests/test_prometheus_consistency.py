@@ -319,6 +319,13 @@ def drive_traffic(base_url: str) -> dict[str, int]:
             },
         )
         note(f"cloudevent {event.status_code}")
+        v2 = client.post(
+            "/v2/models/minilm-sentiment/infer",
+            json={
+                "inputs": [{"name": "text", "shape": [2], "datatype": "BYTES", "data": TEXTS[:2]}]
+            },
+        )
+        note(f"v2 {v2.status_code}")
         note(
             "bad-json "
             + str(
@@ -359,6 +366,8 @@ def test_rules_and_dashboards_match_a_live_function(
     counts = drive_traffic(function.base_url)
     assert counts.get("predict 200") == len(TEXTS), counts
     assert counts.get("bad-json 400") == 1, counts
+    assert counts.get("cloudevent 200") == 1, counts
+    assert counts.get("v2 200") == 1, counts
     assert provoke_429(function.base_url) > 0, "MAX_CONCURRENCY=1 never answered 429"
 
     # Every recording rule returns data once Prometheus has scraped and evaluated a few times.
