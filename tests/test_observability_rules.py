@@ -201,3 +201,27 @@ def test_dashboard_has_variant_variable_and_queries_everywhere() -> None:
         "queue depth",
     ):
         assert topic in titles, topic
+
+
+def test_alertmanager_config_is_valid_and_routes_every_severity() -> None:
+    path = shutil.which("amtool")
+    if path is None:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail("amtool is missing in CI: install prometheus-alertmanager")
+        pytest.skip("amtool not installed (apt-get install prometheus-alertmanager)")
+    config = OBS / "alertmanager.yml"
+    result = subprocess.run(
+        [path, "check-config", str(config)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    severities = {rule["labels"]["severity"] for rule in alerts().values()}
+    for severity in severities:
+        routed = subprocess.run(
+            [path, "config", "routes", "test", f"--config.file={config}", f"severity={severity}"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert routed.returncode == 0, routed.stderr
+        expected = "pager" if severity == "critical" else "tickets"
+        assert routed.stdout.strip() == expected, (severity, routed.stdout)
