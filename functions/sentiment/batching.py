@@ -137,6 +137,9 @@ class Batcher:
         self.draining = False
         self._idle: asyncio.Event | None = None
         self.expected = 0  # texts announced by expecting() and not yet submitted
+        self._idle_worker = False  # the worker waits on an empty queue, holding nothing
+        self._free = asyncio.Event()  # clear while a fast-path run holds the inference thread
+        self._free.set()
         self._taken: list[_Item] = []  # items the worker holds (taken from the queue, not answered)
 
     async def start(self) -> None:
@@ -179,6 +182,22 @@ class Batcher:
         try:
             if not self.enabled:
                 results = await self._run_alone(windows)
+            elif (
+                len(windows) == 1
+                and self._idle_worker
+                and self._free.is_set()
+                and self._queue.empty()
+                and not self.expected
+            ):
+                # Fast path: one text, an idle worker and nobody to batch with. Run it at once
+                # on the inference thread, skipping the worker's hand-offs (the single-request
+                # latency stays that of batching off). Arrivals meanwhile wait in the queue and
+                # share the next run.
+                self._free.clear()
+                try:
+                    results = await self._run_alone(windows)
+                finally:
+                    self._free.set()
             else:
                 loop = asyncio.get_running_loop()
                 items = [_Item(tuple(w), loop.create_future()) for w in windows]
@@ -245,7 +264,13 @@ class Batcher:
 
     async def _take(self) -> list[_Item]:
         assert self._queue is not None
-        items = [await self._queue.get()]
+        self._idle_worker = True
+        try:
+            first = await self._queue.get()
+        finally:
+            self._idle_worker = False
+        items = self._taken = [first]  # held: close() fails it if cancelled from here on
+        await self._free.wait()  # a fast-path run may hold the inference thread: queue up behind
         size = len(items[0].windows)
         while size < self.max_size and not self._queue.empty():
             item = self._queue.get_nowait()
