@@ -120,7 +120,8 @@ class LiveServer:
         raise AssertionError(f"server not ready: {self.logs()}")
 
     def logs(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text(errors="replace")
 
     def stop(self, timeout: float = 30.0) -> int:
