@@ -1,12 +1,14 @@
 """Adaptive micro-batching: concurrent requests share ONNX runs, a lone request never waits.
 
 One worker owns the inference thread. When it is free it takes every text already queued (up to
-BATCH_MAX_SIZE windows), so a request that arrives at an idle worker runs at once. Texts that
+BATCH_MAX_SIZE windows), so a request that arrives at an idle worker runs at once; a single text
+that finds the worker idle and nothing queued or expected skips the worker and runs straight on
+the inference thread, so the lone-request path costs what it costs with batching off. Texts that
 arrive while a run is busy pile up and share the next run. Requests announce themselves while
-they are being tokenized (`expecting()`); only while announced texts are on their way and the batch
-is not full does the worker wait, up to BATCH_MAX_WAIT_MS, for them to join. Under load that turns
-"one lone text, then everybody else" into one full run; a lone request, even one with many texts,
-never waits, because nothing else is expected.
+they are being tokenized (`expecting()`); only while announced texts are on their way and the
+batch is not full does the worker wait, up to BATCH_MAX_WAIT_MS, for them to join. Under load that
+turns "one lone text, then everybody else" into one full run; a lone request, even one with many
+texts, never waits, because nothing else is expected.
 
 A taken batch is sorted by token count and split where lengths diverge, so short texts do not pay
 for a long neighbour's padding. Admission is bounded: beyond MAX_QUEUED_TEXTS a submit raises
