@@ -130,7 +130,8 @@ FIELDS: Mapping[str, Var] = {
         "ORT_INTRA_OP_THREADS",
         "0",
         _int(0, 256),
-        "ORT intra-op threads; 0 = the container's CPU quota (cgroup v2 or v1), else the CPU count.",
+        "ORT intra-op threads; 0 = the container's CPU quota (cgroup v2 or v1), "
+        "else the CPU count.",
     ),
     "inter_op_threads": Var("ORT_INTER_OP_THREADS", "1", _int(1, 64), "ORT inter-op threads."),
     "max_texts": Var("MAX_TEXTS", "256", _int(1), "Most texts accepted in one request or event."),
@@ -148,9 +149,7 @@ FIELDS: Mapping[str, Var] = {
         "CHUNK_OVERLAP_TOKENS", "32", _int(0), "Tokens shared by neighbouring chunk windows."
     ),
     "batching": Var("BATCHING", "true", _bool, "Coalesce concurrent requests into one ONNX run."),
-    "batch_max_size": Var(
-        "BATCH_MAX_SIZE", "32", _int(1, 4096), "Most texts in one ONNX run."
-    ),
+    "batch_max_size": Var("BATCH_MAX_SIZE", "32", _int(1, 4096), "Most texts in one ONNX run."),
     "batch_max_wait_ms": Var(
         "BATCH_MAX_WAIT_MS",
         "2",

@@ -25,9 +25,9 @@ def cgroup_quota(root: Path = Path("/sys/fs/cgroup")) -> float | None:
     """CPUs allowed by the cgroup quota, or None when there is no quota."""
     v2 = _read(root / "cpu.max")
     if v2 is not None:
-        quota, _, period = v2.partition(" ")
-        if quota != "max" and period:
-            return int(quota) / int(period)
+        quota_v2, _, period = v2.partition(" ")
+        if quota_v2 != "max" and period:
+            return int(quota_v2) / int(period)
         return None
     for v1 in (root / "cpu", root / "cpu,cpuacct"):
         quota_text = _read(v1 / "cpu.cfs_quota_us")

@@ -76,7 +76,8 @@ class Metrics:
             ),
             rejected=Counter(
                 f"{p}_rejected_requests_total",
-                "Requests refused with 429 or 503, by reason (overloaded, not_ready, shutting_down).",
+                "Requests refused with 429 or 503, by reason "
+                "(overloaded, not_ready, shutting_down).",
                 ["route", "reason", "variant"],
                 registry=registry,
             ),

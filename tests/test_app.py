@@ -84,7 +84,7 @@ def test_health_model_and_metrics(client: TestClient) -> None:
     metrics = client.get("/metrics")
     assert metrics.status_code == 200
     assert 'kubesentiment_http_requests_total{method="POST",route="/predict"' in metrics.text
-    assert 'kubesentiment_predictions_total{label=' in metrics.text
+    assert "kubesentiment_predictions_total{label=" in metrics.text
     assert "kubesentiment_cold_start_seconds" in metrics.text
 
 
@@ -126,7 +126,9 @@ def test_openapi_lists_every_route(client: TestClient) -> None:
     assert set(openapi.PATHS) <= set(doc["paths"])
 
 
-def test_in_flight_limit_answers_429(settings: Settings, make_client: Callable[..., TestClient]) -> None:
+def test_in_flight_limit_answers_429(
+    settings: Settings, make_client: Callable[..., TestClient]
+) -> None:
     c = make_client(replace(settings, max_concurrency=1))
     state = c.app.state.kubesentiment  # type: ignore[attr-defined]
     state.in_flight = 1  # one request already being served
@@ -179,15 +181,30 @@ BAD_INPUT = [
     _case("unknown-field", 422, "invalid_input", {"text": "a", "lang": "en"}),
     _case("bad-long-text-mode", 422, "invalid_input", {"text": "a", "long_text": "drop"}),
     _case("body-over-limit", 413, "payload_too_large", {"text": "x" * 4096}),
-    _case("wrong-content-type", 415, "unsupported_media_type", {"text": "a"},
-          headers={"content-type": "text/plain"}),  # fmt: skip
+    _case(
+        "wrong-content-type",
+        415,
+        "unsupported_media_type",
+        {"text": "a"},
+        headers={"content-type": "text/plain"},
+    ),
     _case("no-content-type", 415, "unsupported_media_type", {"text": "a"}, headers={}),
-    _case("form-content-type", 415, "unsupported_media_type", {"text": "a"},
-          headers={"content-type": "application/x-www-form-urlencoded"}),  # fmt: skip
+    _case(
+        "form-content-type",
+        415,
+        "unsupported_media_type",
+        {"text": "a"},
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    ),
     _case("get-on-predict", 405, "method_not_allowed", None, method="GET"),
     _case("unknown-route", 404, "not_found", {"text": "a"}, path="/predicts"),
-    _case("bad-content-length", 422, "invalid_input", {"text": "a"},
-          headers={**JSON, "content-length": "abc"}),  # fmt: skip
+    _case(
+        "bad-content-length",
+        422,
+        "invalid_input",
+        {"text": "a"},
+        headers={**JSON, "content-length": "abc"},
+    ),
 ]
 
 

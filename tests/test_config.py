@@ -12,6 +12,8 @@ from shared.config import FIELDS, ConfigError, Secret, Settings
 from shared.cpu import available_cpus, cgroup_quota
 from tests.conftest import ROOT
 
+V1_PERIOD = {"cpu/cpu.cfs_period_us": "100000"}
+
 
 def test_defaults_match_the_declared_fields() -> None:
     assert Settings.from_env({}) == Settings()
@@ -20,12 +22,21 @@ def test_defaults_match_the_declared_fields() -> None:
 
 def test_values_are_parsed() -> None:
     s = Settings.from_env(
-        {"PORT": "9000", "BATCHING": "off", "ORT_PROVIDERS": "CUDAExecutionProvider, CPUExecutionProvider",
-         "BATCH_MAX_WAIT_MS": "0.5", "LONG_TEXT": "CHUNK", "K_SINK": "http://127.0.0.1:1/"}
-    )  # fmt: skip
-    assert s.port == 9000 and s.batching is False and s.long_text == "chunk"
+        {
+            "PORT": "9000",
+            "BATCHING": "off",
+            "ORT_PROVIDERS": "CUDAExecutionProvider, CPUExecutionProvider",
+            "BATCH_MAX_WAIT_MS": "0.5",
+            "LONG_TEXT": "CHUNK",
+            "K_SINK": "http://127.0.0.1:1/",
+        }
+    )
+    assert s.port == 9000
+    assert s.batching is False
+    assert s.long_text == "chunk"
     assert s.providers == ("CUDAExecutionProvider", "CPUExecutionProvider")
-    assert s.batch_max_wait_ms == 0.5 and s.k_sink == "http://127.0.0.1:1/"
+    assert s.batch_max_wait_ms == 0.5
+    assert s.k_sink == "http://127.0.0.1:1/"
 
 
 @pytest.mark.parametrize(
@@ -37,8 +48,11 @@ def test_values_are_parsed() -> None:
         pytest.param({"LONG_TEXT": "drop"}, "LONG_TEXT='drop'", id="choice"),
         pytest.param({"MAX_TEXTS": "0"}, "MAX_TEXTS='0'", id="min"),
         pytest.param({"BATCH_MAX_WAIT_MS": "-1"}, "BATCH_MAX_WAIT_MS='-1'", id="negative"),
-        pytest.param({"VAULT_ADDR": "http://127.0.0.1:1", "VAULT_AUTH_METHOD": "token"},
-                     "VAULT_TOKEN is required", id="token-needed"),  # fmt: skip
+        pytest.param(
+            {"VAULT_ADDR": "http://127.0.0.1:1", "VAULT_AUTH_METHOD": "token"},
+            "VAULT_TOKEN is required",
+            id="token-needed",
+        ),
         pytest.param({"API_KEYS": "vault:kv/a#b"}, "VAULT_ADDR is empty", id="vault-ref-no-addr"),
     ],
 )
@@ -49,8 +63,11 @@ def test_bad_values_fail_fast_naming_the_variable(env: dict[str, str], message: 
 
 def test_secrets_are_masked() -> None:
     s = Settings.from_env({"API_KEYS": "k-123456789", "VAULT_TOKEN": "s.hunter2"})
-    assert "k-123456789" not in repr(s) and "hunter2" not in repr(s) and "hunter2" not in str(s)
-    assert s.api_keys == Secret("k-123456789") and s.api_keys is not None
+    assert "k-123456789" not in repr(s)
+    assert "hunter2" not in repr(s)
+    assert "hunter2" not in str(s)
+    assert s.api_keys == Secret("k-123456789")
+    assert s.api_keys is not None
     assert s.api_keys.get() == "k-123456789"
     with pytest.raises(ConfigError) as e:
         Settings.from_env({"VAULT_SECRET_ID": " ", "API_KEYS": "x", "PORT": "bad"})
@@ -59,7 +76,8 @@ def test_secrets_are_masked() -> None:
 
 def test_readme_configuration_table_matches_the_code() -> None:
     readme = (ROOT / "README.md").read_text()
-    assert table() in readme, "README configuration table is stale: run python -m scripts.config_table"
+    stale = "README configuration table is stale: run python -m scripts.config_table"
+    assert table() in readme, stale
 
 
 @pytest.mark.parametrize(
@@ -68,8 +86,8 @@ def test_readme_configuration_table_matches_the_code() -> None:
         pytest.param({"cpu.max": "200000 100000"}, 2.0, id="v2-two-cpus"),
         pytest.param({"cpu.max": "150000 100000"}, 1.5, id="v2-fraction"),
         pytest.param({"cpu.max": "max 100000"}, None, id="v2-unlimited"),
-        pytest.param({"cpu/cpu.cfs_quota_us": "50000", "cpu/cpu.cfs_period_us": "100000"}, 0.5, id="v1"),
-        pytest.param({"cpu/cpu.cfs_quota_us": "-1", "cpu/cpu.cfs_period_us": "100000"}, None, id="v1-unlimited"),
+        pytest.param({"cpu/cpu.cfs_quota_us": "50000", **V1_PERIOD}, 0.5, id="v1"),
+        pytest.param({"cpu/cpu.cfs_quota_us": "-1", **V1_PERIOD}, None, id="v1-unlimited"),
         pytest.param({}, None, id="none"),
     ],
 )  # fmt: skip

@@ -29,7 +29,10 @@ def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 
     src = tmp_path_factory.mktemp("tiny-bert")
-    words = "i love hate it this movie was great terrible ok not bad good the a".split()
+    words = [
+        *("i", "love", "hate", "it", "this", "movie", "was", "great"),
+        *("terrible", "ok", "not", "bad", "good", "the", "a"),
+    ]
     vocab = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words])}
     tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
@@ -163,4 +166,6 @@ def test_splits_are_deterministic_and_disjoint() -> None:
     sizes = [len(train), len(data.hutto("test")), len(data.crowdflower("test"))]
     assert sizes == [10399 + 25397, 2674, 6416]
     assert len(data.movie_reviews()) == 10568
-    assert data.hutto_label(-0.5) == 0 and data.hutto_label(0.49) == 1 and data.hutto_label(0.5) == 2
+    assert data.hutto_label(-0.5) == 0
+    assert data.hutto_label(0.49) == 1
+    assert data.hutto_label(0.5) == 2

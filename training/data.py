@@ -47,7 +47,7 @@ def package_dir(name: str) -> Path:
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
-            f"package {name!r} is not installed; run `make setup-train` (pip install --no-deps {name})"
+            f"package {name!r} is not installed; run `make setup` (pip install --no-deps {name})"
         )
     return Path(next(iter(spec.submodule_search_locations)))
 

@@ -101,10 +101,18 @@ def evaluate(scorer: Scorer) -> dict[str, Any]:
     hutto = data.hutto("test")
     hl, hs = scorer([e.text for e in hutto])
     hg = [e.label for e in hutto]
-    out["hutto_3class"] = {"n": len(hutto), "accuracy": accuracy(hg, hl), "macro_f1": macro_f1(hg, hl)}
+    out["hutto_3class"] = {
+        "n": len(hutto),
+        "accuracy": accuracy(hg, hl),
+        "macro_f1": macro_f1(hg, hl),
+    }
     polar = [i for i, g in enumerate(hg) if g != 1]
     pg, pp = [hg[i] for i in polar], polarity([hs[i] for i in polar])
-    out["hutto_binary"] = {"n": len(polar), "accuracy": accuracy(pg, pp), "macro_f1": macro_f1(pg, pp)}
+    out["hutto_binary"] = {
+        "n": len(polar),
+        "accuracy": accuracy(pg, pp),
+        "macro_f1": macro_f1(pg, pp),
+    }
     out["hutto_pearson"] = {
         "n": len(hutto),
         "pearson": float(np.corrcoef(hs, [e.rating for e in hutto])[0, 1]),
@@ -112,7 +120,11 @@ def evaluate(scorer: Scorer) -> dict[str, Any]:
     cf = data.crowdflower("test")
     cl, _ = scorer([e.text for e in cf])
     cg = [e.label for e in cf]
-    out["crowdflower_3class"] = {"n": len(cf), "accuracy": accuracy(cg, cl), "macro_f1": macro_f1(cg, cl)}
+    out["crowdflower_3class"] = {
+        "n": len(cf),
+        "accuracy": accuracy(cg, cl),
+        "macro_f1": macro_f1(cg, cl),
+    }
     return out
 
 
@@ -138,7 +150,8 @@ def _row(name: str, r: dict[str, Any]) -> str:
         f"| {name} | {r['movie_binary']['accuracy']:.3f} | {r['hutto_3class']['accuracy']:.3f} "
         f"| {r['hutto_binary']['accuracy']:.3f} | {r['crowdflower_3class']['accuracy']:.3f} "
         f"| {r['hutto_pearson']['pearson']:.3f} | {r['hutto_3class']['macro_f1']:.3f} "
-        f"| {r['crowdflower_3class']['macro_f1']:.3f} | {r.get('latency_ms_batch1_64', float('nan')):.2f} |"
+        f"| {r['crowdflower_3class']['macro_f1']:.3f} "
+        f"| {r.get('latency_ms_batch1_64', float('nan')):.2f} |"
     )
 
 
@@ -188,7 +201,9 @@ def main(argv: list[str] | None = None) -> None:
             evaluation = {**results[key], "measured_on": "2 CPU cores", "baseline_vader": {
                 k: v for k, v in results.get("VADER (vaderSentiment 3.3.2)", {}).items()
             }}  # fmt: skip
-            write_card(directory, manifest, evaluation, HEADER, [_row(k, v) for k, v in results.items()])
+            write_card(
+                directory, manifest, evaluation, HEADER, [_row(k, v) for k, v in results.items()]
+            )
             updated = modeldir.Manifest(**{**manifest.__dict__, "evaluation": evaluation})
             modeldir.write_manifest(directory, updated)
             print(f"wrote evaluation into {directory}")

@@ -3,8 +3,10 @@
     python -m training.export checkpoint --checkpoint models/minilm-sentiment-checkpoint \
         --out models/minilm-sentiment-fp32
     python -m training.export hf --src path/to/hf-checkpoint --out models/my-model-fp32
-    python -m training.export int8 --src models/minilm-sentiment-fp32 --out models/minilm-sentiment-int8
-    python -m training.export fp16 --src models/minilm-sentiment-fp32 --out models/minilm-sentiment-fp16
+    python -m training.export int8 --src models/minilm-sentiment-fp32 \
+        --out models/minilm-sentiment-int8
+    python -m training.export fp16 --src models/minilm-sentiment-fp32 \
+        --out models/minilm-sentiment-fp16
 
 The graph takes `input_ids` and `attention_mask` with dynamic batch and sequence axes and returns
 `logits` and `probabilities`. It is exported with the TorchScript exporter (`dynamo=False`, opset
@@ -68,7 +70,9 @@ def configure_tokenizer(src: Path, max_tokens: int) -> Tokenizer:
     return tok
 
 
-def encode(tok: Tokenizer, texts: Sequence[str]) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+def encode(
+    tok: Tokenizer, texts: Sequence[str]
+) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
     """Padded int64 input_ids and attention_mask for texts."""
     enc = tok.encode_batch(list(texts))
     ids = np.array([e.ids for e in enc], dtype=np.int64)
@@ -76,7 +80,9 @@ def encode(tok: Tokenizer, texts: Sequence[str]) -> tuple[np.ndarray[Any, Any], 
     return ids, mask
 
 
-def parity(model: nn.Module, onnx_path: Path, tok: Tokenizer, texts: Sequence[str] = PARITY_TEXTS) -> float:
+def parity(
+    model: nn.Module, onnx_path: Path, tok: Tokenizer, texts: Sequence[str] = PARITY_TEXTS
+) -> float:
     """Max |probability difference| between PyTorch and ONNX Runtime on padded, mixed batches."""
     import onnxruntime as ort
 
@@ -150,7 +156,11 @@ def export(
         base_model=base_model,
         training_data=tuple(training_data),
         evaluation=evaluation or {},
-        extra={"parity_max_abs_diff": diff, "opset": OPSET, "graph_optimization": optimize or "none"},
+        extra={
+            "parity_max_abs_diff": diff,
+            "opset": OPSET,
+            "graph_optimization": optimize or "none",
+        },
     )
     return modeldir.write_manifest(out_dir, manifest)
 
@@ -173,7 +183,7 @@ def _optimize(src: Path, dst: Path, model: nn.Module, model_type: str) -> None:
 
 
 def derive_int8(src: Path, out: Path) -> modeldir.Manifest:
-    """Dynamic int8 quantization of an fp32 model directory (weights int8, activations at run time)."""
+    """Dynamic int8 quantization of an fp32 model directory (activations quantized at run time)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     manifest = modeldir.load(src)
@@ -212,7 +222,9 @@ def _fresh(out: Path) -> None:
     out.mkdir(parents=True)
 
 
-def _derived(src: Path, out: Path, manifest: modeldir.Manifest, precision: str) -> modeldir.Manifest:
+def _derived(
+    src: Path, out: Path, manifest: modeldir.Manifest, precision: str
+) -> modeldir.Manifest:
     shutil.copy(src / manifest.tokenizer_file, out / manifest.tokenizer_file)
     extra = dict(manifest.extra)
     extra["derived_from"] = f"{manifest.name} {manifest.version} fp32"
@@ -252,7 +264,9 @@ def hf_max_tokens(config: Any, requested: int | None) -> int:
     return min(requested or 512, capacity)
 
 
-def export_hf(src: Path, out: Path, *, name: str | None, version: str, max_tokens: int | None) -> modeldir.Manifest:
+def export_hf(
+    src: Path, out: Path, *, name: str | None, version: str, max_tokens: int | None
+) -> modeldir.Manifest:
     """Export any local Hugging Face sequence-classification checkpoint."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
@@ -278,7 +292,9 @@ def export_hf(src: Path, out: Path, *, name: str | None, version: str, max_token
     )
 
 
-def export_checkpoint(checkpoint: Path, out: Path, *, version: str, max_tokens: int) -> modeldir.Manifest:
+def export_checkpoint(
+    checkpoint: Path, out: Path, *, version: str, max_tokens: int
+) -> modeldir.Manifest:
     """Export the fine-tuned default model (trained parameters + base word embeddings)."""
     from training import data
     from training.modeling import load_trained
@@ -325,9 +341,13 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--out", type=Path, default=Path(f"models/minilm-sentiment-{kind}"))
     args = parser.parse_args(argv)
     if args.command == "checkpoint":
-        m = export_checkpoint(args.checkpoint, args.out, version=args.version, max_tokens=args.max_tokens)
+        m = export_checkpoint(
+            args.checkpoint, args.out, version=args.version, max_tokens=args.max_tokens
+        )
     elif args.command == "hf":
-        m = export_hf(args.src, args.out, name=args.name, version=args.version, max_tokens=args.max_tokens)
+        m = export_hf(
+            args.src, args.out, name=args.name, version=args.version, max_tokens=args.max_tokens
+        )
     elif args.command == "int8":
         m = derive_int8(args.src, args.out)
     else:

@@ -19,7 +19,7 @@ FROZEN = "bert.embeddings.word_embeddings.weight"
 
 
 class MeanPoolingBertForSequenceClassification(BertPreTrainedModel):  # type: ignore[misc]
-    """BERT, masked mean of the last hidden states, dropout, linear head (sentence-transformers style)."""
+    """BERT, masked mean of the last hidden states, dropout, linear head (sentence-transformers)."""
 
     def __init__(self, config: BertConfig) -> None:
         super().__init__(config)

@@ -121,7 +121,9 @@ def main(argv: list[str] | None = None) -> None:
             if rated and args.rating_weight:
                 probs = out.logits[rated].softmax(-1)
                 target = torch.tensor([batch[i].rating for i in rated], dtype=probs.dtype)
-                loss = loss + args.rating_weight * ((probs[:, 2] - probs[:, 0] - target) ** 2).mean()
+                loss = (
+                    loss + args.rating_weight * ((probs[:, 2] - probs[:, 0] - target) ** 2).mean()
+                )
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optim.step()
@@ -131,7 +133,9 @@ def main(argv: list[str] | None = None) -> None:
             seen += len(batch)
             if step % 50 == 0 or step == total:
                 rate = seen / (time.monotonic() - started)
-                print(f"step {step}/{total} loss {loss.item():.4f} {rate:.1f} examples/s", flush=True)
+                print(
+                    f"step {step}/{total} loss {loss.item():.4f} {rate:.1f} examples/s", flush=True
+                )
     model.eval()
     save_trained(model, args.out)
     (args.out / "training.json").write_text(

@@ -165,7 +165,9 @@ class Classifier:
         return Prediction(
             label=self.labels[best],
             score=score,
-            probabilities={label: round(float(p), 6) for label, p in zip(self.labels, row, strict=True)},
+            probabilities={
+                label: round(float(p), 6) for label, p in zip(self.labels, row, strict=True)
+            },
             truncated=encoded.truncated,
             tokens=encoded.tokens,
         )
