@@ -43,13 +43,16 @@ RUN python3 -m venv /opt/venv \
 FROM ${BASE_IMAGE} AS cpu
 ARG VARIANT=cpu-int8
 ARG MODEL_DIR=models/minilm-sentiment-int8
+# Metadata first, files last: the classic builder commits a layer per instruction, and with the
+# vfs storage driver each commit copies the whole filesystem, so metadata steps stay cheap while
+# the image is still just the base.
 LABEL org.opencontainers.image.title="kubesentiment" \
       org.opencontainers.image.description="Sentiment analysis function (Starlette + ONNX Runtime)" \
       org.opencontainers.image.licenses="Apache-2.0" \
       dev.kubesentiment.variant="${VARIANT}"
 # MODEL_DIR stays relative to /app, so the path in the image equals the path in the repository
 # and in the Knative manifests. ORT_PROVIDERS pins the CPU provider for this target.
-ENV PATH=/opt/venv/bin:${PATH} \
+ENV PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     HOME=/tmp \
@@ -59,18 +62,20 @@ ENV PATH=/opt/venv/bin:${PATH} \
     MODEL_DIR=${MODEL_DIR} \
     ORT_PROVIDERS=CPUExecutionProvider
 WORKDIR /app
-COPY --from=cpu-deps /opt/venv /opt/venv
-COPY ${MODEL_DIR}/ /app/${MODEL_DIR}/
-COPY shared/ /app/shared/
-COPY functions/ /app/functions/
-# A numeric, non-root user (the distroless "nonroot" id): Kubernetes can check runAsNonRoot
-# only against a numeric USER. Files stay root-owned, so the process cannot change them.
-USER 65532:65532
 EXPOSE 8080
 # Knative ignores HEALTHCHECK (queue-proxy runs the readiness probe); it serves plain docker runs.
 HEALTHCHECK --interval=30s --timeout=3s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request as u; u.urlopen('http://127.0.0.1:%s/health/liveness' % os.environ.get('PORT', '8080'), timeout=2)"]
 CMD ["python", "-m", "functions.sentiment"]
+# A numeric, non-root user (the distroless "nonroot" id): Kubernetes can check runAsNonRoot
+# only against a numeric USER. COPY still writes root-owned files, so the process cannot
+# change its code or model.
+USER 65532:65532
+# Least-changing first: dependencies, then the model, then the code.
+COPY --from=cpu-deps /opt/venv /opt/venv
+COPY ${MODEL_DIR}/ /app/${MODEL_DIR}/
+COPY shared/ /app/shared/
+COPY functions/ /app/functions/
 
 # ---------------------------------------------------------------------------------------------
 # gpu-base: CUDA runtime plus the Python the lock files are made for (3.11).

@@ -25,10 +25,10 @@ CACHE_DIR=${CACHE_DIR:-build/image}
 KEEP_BASE=${KEEP_BASE:-1}
 SUITE=bookworm
 BASE_IMAGE=local/debian-python:3.11
-BASE_TAR="$CACHE_DIR/debian-${SUITE}-python3.tar"
+BASE_TAR="$CACHE_DIR/debian-${SUITE}-python3-v2.tar"
 PYTHON=${PYTHON:-python3}
 
-log() { printf '[build_image] %s\n' "$*" >&2; }
+log() { printf '[build_image %4ss] %s\n' "$SECONDS" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 now() { date +%s.%N; }
 elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", b - a }'; }
@@ -73,6 +73,8 @@ if [ "$KEEP_BASE" != 1 ] || [ ! -s "$BASE_TAR" ]; then
   rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/cache/apt/* "$rootfs"/var/log/* \
     "$rootfs"/usr/share/doc/* "$rootfs"/usr/share/man/* "$rootfs"/usr/share/info/* \
     "$rootfs"/usr/share/locale/*
+  # mktemp made the directory 0700; as the image's / it would lock out the non-root user.
+  chmod 0755 "$rootfs"
   tar -C "$rootfs" --numeric-owner -cf "$BASE_TAR.tmp" .
   mv "$BASE_TAR.tmp" "$BASE_TAR"
   rm -rf "$rootfs"
@@ -90,6 +92,7 @@ cleanup() {
   local rc=$?
   if [ -n "$CID" ]; then docker rm -f "$CID" >/dev/null 2>&1 || true; fi
   if [ -n "$DOCKERD_PID" ]; then
+    log "stopping dockerd (pid $DOCKERD_PID) and removing its temporary storage"
     kill "$DOCKERD_PID" 2>/dev/null || true
     for _ in $(seq 1 100); do kill -0 "$DOCKERD_PID" 2>/dev/null || break; sleep 0.1; done
     kill -9 "$DOCKERD_PID" 2>/dev/null || true
@@ -99,6 +102,7 @@ cleanup() {
   awk -v w="$WORK" 'index($2, w) == 1 { print $2 }' /proc/mounts | sort -r \
     | while read -r m; do umount -l "$m" 2>/dev/null || true; done
   rm -rf "$WORK" 2>/dev/null || true
+  log "done (exit $rc)"
   exit "$rc"
 }
 trap cleanup EXIT
@@ -118,6 +122,7 @@ log "dockerd up (pid $DOCKERD_PID)"
 
 docker import --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
   --change 'CMD ["python3"]' - "$BASE_IMAGE" <"$BASE_TAR" >/dev/null
+log "base image $BASE_IMAGE imported"
 
 # --- build ---------------------------------------------------------------------------------
 [ -f "$MODEL_DIR/model.onnx" ] && [ -f "$MODEL_DIR/manifest.json" ] \
@@ -144,6 +149,7 @@ t0=$(now)
 CID=$(docker run -d --network host --read-only --tmpfs /tmp --cap-drop ALL \
   --security-opt no-new-privileges -e PORT="$PORT" -e HOST=127.0.0.1 -e LOG_LEVEL=info \
   "$IMAGE")
+log "container $CID started on port $PORT, waiting for readiness"
 "$PYTHON" - "$PORT" "$READY_TIMEOUT_S" <<'EOF' || { docker logs "$CID" 2>&1 | tail -30 >&2; die "not ready"; }
 import sys, time, urllib.error, urllib.request
 port, timeout = sys.argv[1], float(sys.argv[2])
@@ -177,6 +183,20 @@ with urllib.request.urlopen(req, timeout=10) as r:
 print(json.dumps(body, separators=(",", ":"))[:400])
 EOF
 )
+# The function's own figure (process start -> ready), from its JSON "ready" log line.
+APP_COLD_S=$(docker logs "$CID" 2>&1 | "$PYTHON" -c '
+import json, sys
+for line in sys.stdin:
+    try:
+        record = json.loads(line)
+    except ValueError:
+        continue
+    if isinstance(record, dict) and "cold_start_seconds" in record:
+        print(record["cold_start_seconds"])
+        break
+else:
+    print("null")
+')
 t0=$(now)
 docker stop -t 30 "$CID" >/dev/null
 STOP_S=$(elapsed "$t0" "$(now)")
@@ -184,12 +204,13 @@ EXIT_CODE=$(docker inspect -f '{{.State.ExitCode}}' "$CID")
 
 cat >"$CACHE_DIR/report.json" <<EOF
 {"image": "$IMAGE", "variant": "$VARIANT", "size_mb": $SIZE_MB, "max_size_mb": $MAX_IMAGE_MB,
- "build_s": $BUILD_S, "cold_start_s": $COLD_S, "stop_s": $STOP_S, "exit_code": $EXIT_CODE,
+ "build_s": $BUILD_S, "cold_start_s": $COLD_S, "app_cold_start_s": $APP_COLD_S,
+ "stop_s": $STOP_S, "exit_code": $EXIT_CODE,
  "uid": $RUN_UID}
 EOF
 echo "image:       $IMAGE ($SIZE_MB MB, limit $MAX_IMAGE_MB MB; built in $BUILD_S s)"
 echo "user:        $IMAGE_USER (process uid $RUN_UID)"
-echo "cold start:  $COLD_S s (docker run -> /health/readiness 200)"
+echo "cold start:  $COLD_S s (docker run -> /health/readiness 200); in-process $APP_COLD_S s"
 echo "prediction:  $PREDICTION"
 echo "stop:        $STOP_S s after SIGTERM, exit code $EXIT_CODE"
 [ "$SIZE_MB" -le "$MAX_IMAGE_MB" ] || die "image is $SIZE_MB MB, over the $MAX_IMAGE_MB MB target"
