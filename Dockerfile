@@ -32,7 +32,7 @@ ENV PIP_NO_CACHE_DIR=1 \
 # Requirements first, source later: this layer is rebuilt only when the lock changes.
 COPY requirements/serving.txt /tmp/requirements.txt
 RUN python3 -m venv /opt/venv \
-    && /opt/venv/bin/pip install --no-compile -r /tmp/requirements.txt \
+    && /opt/venv/bin/pip install --no-compile --require-hashes -r /tmp/requirements.txt \
     && /opt/venv/bin/pip uninstall -y pip setuptools \
     && find /opt/venv -depth -type d -name '__pycache__' -exec rm -rf {} + \
     && find /opt/venv -depth -type d \( -name tests -o -name test \) -path '*/site-packages/*' \
@@ -95,7 +95,7 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_CERT=${PIP_CERT}
 COPY requirements/serving-gpu.txt /tmp/requirements.txt
 RUN python3.11 -m venv /opt/venv \
-    && /opt/venv/bin/pip install --no-compile -r /tmp/requirements.txt \
+    && /opt/venv/bin/pip install --no-compile --require-hashes -r /tmp/requirements.txt \
     && /opt/venv/bin/pip uninstall -y pip setuptools
 
 # gpu: CUDA execution provider first, CPU as the fallback for unsupported nodes or a missing GPU.
