@@ -97,3 +97,14 @@ coldstart: $(STAMP) ## Cold start (spawn to first successful /predict) and peak 
 
 clean: ## Remove build output and caches (keeps .venv)
 	rm -rf build .pytest_cache .mypy_cache .ruff_cache
+
+.PHONY: image image-gpu deploy-check
+image: ## Build the CPU int8 image with Debian's Docker engine, run it as non-root, report size and cold start (root; ~5-7 min)
+	bash scripts/build_image.sh
+
+image-gpu: fp16 ## GPU fp16 image (needs a CUDA base image and a registry; not possible on our machines)
+	docker build --target gpu --build-arg MODEL_DIR=$(MODELS)/minilm-sentiment-fp16 \
+	  -t kubesentiment/sentiment-gpu-fp16:local .
+
+deploy-check: $(STAMP) ## Render + strictly validate Knative overlays, Terraform parse/fmt/checkov, rollout tests
+	$(PYTHON) -m pytest tests/test_deploy_*.py
