@@ -63,6 +63,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--rating-weight", type=float, default=1.0)
     parser.add_argument("--limit", type=int, default=0, help="train on the first N examples only")
+    parser.add_argument(
+        "--crowdflower-fraction",
+        type=float,
+        default=1.0,
+        help="share of the CrowdFlower training rows used (a seeded sample)",
+    )
     args = parser.parse_args(argv)
 
     random.seed(SEED)
@@ -77,6 +83,13 @@ def main(argv: list[str] | None = None) -> None:
     pad_id = tokenizer.token_to_id("[PAD]")
 
     examples = data.training_set()
+    if args.crowdflower_fraction < 1.0:
+        sampler = random.Random(SEED + 1)
+        examples = [
+            e
+            for e in examples
+            if e.source != "crowdflower" or sampler.random() < args.crowdflower_fraction
+        ]
     if args.limit:
         examples = examples[: args.limit]
     model = from_base(base, data.LABELS)
@@ -147,6 +160,7 @@ def main(argv: list[str] | None = None) -> None:
                 "batch_size": args.batch_size,
                 "max_tokens": TRAIN_MAX_TOKENS,
                 "rating_weight": args.rating_weight,
+                "crowdflower_fraction": args.crowdflower_fraction,
                 "examples": len(examples),
                 "steps": total,
                 "seconds": round(time.monotonic() - started, 1),
