@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -94,11 +95,50 @@ def test_requests_queued_during_a_run_share_the_next_run() -> None:
 def test_group_by_length_keeps_short_texts_apart_from_long_ones() -> None:
     loop = asyncio.new_event_loop()
     try:
-        items = [_Item(((1,) * n,), loop.create_future()) for n in (5, 200, 6, 7, 180, 8)]
+        items = [_Item(((1,) * n,), loop.create_future()) for n in (5, 200, 6, 7, 190, 8)]
         groups = group_by_length(items, max_size=32)
         widths = [[i.width for i in g] for g in groups]
-        assert widths == [[5, 6, 7, 8], [180, 200]]
+        assert widths == [[5, 6, 7, 8], [190, 200]]
         assert [len(g) for g in group_by_length(items, max_size=2)] == [2, 2, 2]
+    finally:
+        loop.close()
+
+
+def padded_cost(groups: list[list[_Item]], overhead: int) -> int:
+    return sum(overhead + sum(len(i.windows) for i in g) * max(i.width for i in g) for g in groups)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_group_by_length_finds_the_cheapest_split(seed: int) -> None:
+    # Brute force over every split of the sorted items into contiguous groups.
+    rng = random.Random(seed)
+    loop = asyncio.new_event_loop()
+    try:
+        items = [
+            _Item(
+                tuple((1,) * rng.randint(4, 80) for _ in range(rng.choice((1, 1, 2)))),
+                loop.create_future(),
+            )
+            for _ in range(rng.randint(1, 9))
+        ]
+        max_size, overhead = 6, 16
+        ordered = sorted(items, key=lambda i: i.width)
+        best = None
+        for mask in range(2 ** (len(ordered) - 1)):
+            groups, current = [], [ordered[0]]
+            for k, item in enumerate(ordered[1:]):
+                if mask >> k & 1:
+                    groups.append(current)
+                    current = []
+                current.append(item)
+            groups.append(current)
+            if any(len(g) > 1 and sum(len(i.windows) for i in g) > max_size for g in groups):
+                continue
+            cost = padded_cost(groups, overhead)
+            best = cost if best is None else min(best, cost)
+        got = group_by_length(items, max_size, overhead)
+        assert sorted(id(i) for g in got for i in g) == sorted(id(i) for i in items)
+        assert padded_cost(got, overhead) == best
     finally:
         loop.close()
 
