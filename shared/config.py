@@ -134,6 +134,12 @@ FIELDS: Mapping[str, Var] = {
         "else the CPU count.",
     ),
     "inter_op_threads": Var("ORT_INTER_OP_THREADS", "1", _int(1, 64), "ORT inter-op threads."),
+    "ort_spinning": Var(
+        "ORT_ALLOW_SPINNING",
+        "false",
+        _bool,
+        "Let idle ORT threads spin; off, they leave the CPU to the event loop (2-core pods).",
+    ),
     "max_texts": Var("MAX_TEXTS", "256", _int(1), "Most texts accepted in one request or event."),
     "max_text_chars": Var("MAX_TEXT_CHARS", "10000", _int(1), "Most characters in one text."),
     "max_body_bytes": Var(
@@ -240,6 +246,7 @@ class Settings:
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
     intra_op_threads: int = 0
     inter_op_threads: int = 1
+    ort_spinning: bool = False
     max_texts: int = 256
     max_text_chars: int = 10000
     max_body_bytes: int = 1048576

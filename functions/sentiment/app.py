@@ -104,7 +104,7 @@ def app_state(request: Request) -> AppState:
 async def classify(
     state: AppState, texts: list[str], *, long_text: str | None = None
 ) -> list[Prediction]:
-    """Tokenize off the event loop, run through the batcher, and record metrics and spans."""
+    """Tokenize (long inputs off the event loop), run through the batcher, record metrics/spans."""
     # Only a handler's entry refuses work while draining: a request it already accepted (body
     # read, maybe queued) still completes after SIGTERM (Knative runtime contract).
     classifier, batcher = state.classifier, state.batcher
@@ -306,6 +306,7 @@ async def load_model(state: AppState) -> None:
         intra_op_threads=s.intra_op_threads,
         inter_op_threads=s.inter_op_threads,
         chunk_overlap=s.chunk_overlap,
+        spinning=s.ort_spinning,
     )
     m.model_load.labels(s.variant).set(time.perf_counter() - t0)
     if s.warmup:
