@@ -108,3 +108,24 @@ image-gpu: fp16 ## GPU fp16 image (needs a CUDA base image and a registry; not p
 
 deploy-check: $(STAMP) ## Render + strictly validate Knative overlays, Terraform parse/fmt/checkov, rollout tests
 	$(PYTHON) -m pytest tests/test_deploy_*.py
+
+.PHONY: rules-test observability k6 bench-baseline bench-batching
+rules-test: tools ## Check and unit-test the Prometheus rules and the Alertmanager config
+	promtool check rules observability/prometheus/*.yml
+	cd observability/prometheus/tests && promtool test rules *.yml
+	amtool check-config observability/alertmanager.yml
+
+observability: $(STAMP) ## Regenerate the Grafana dashboard and the PrometheusRule from their sources
+	$(PYTHON) -m observability.dashboard > observability/grafana/kubesentiment.json
+	$(PYTHON) -m observability.prometheusrule > observability/kubernetes/prometheusrule.yaml
+
+SCENARIO ?= smoke
+K6_ARGS ?=
+k6: $(STAMP) ## Run a k6 scenario on local functions: make k6 SCENARIO=load K6_ARGS='-e RATE=50'
+	$(PYTHON) -m loadtests.run $(SCENARIO) $(K6_ARGS)
+
+bench-baseline: $(STAMP) ## int8/fp32 vs FastAPI + transformers baseline -> docs/benchmarks.md + PNGs (~3 min)
+	$(PYTHON) -m benchmarks.bench
+
+bench-batching: $(STAMP) ## Micro-batching on/off: throughput and p50/p99 at concurrency 1, 8, 32 (~2 min)
+	$(PYTHON) -m benchmarks.batching
