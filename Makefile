@@ -55,7 +55,7 @@ lint: $(STAMP) ## ruff, mypy --strict, hadolint, shellcheck, yamllint, actionlin
 	@rc=0; run() { echo "+ $$*"; "$$@" || rc=1; }; \
 	run $(BIN)/ruff check .; \
 	run $(BIN)/ruff format --check .; \
-	run $(BIN)/mypy --strict functions shared; \
+	run $(BIN)/mypy --strict functions shared deploy; \
 	run $(BIN)/hadolint Dockerfile; \
 	run $(BIN)/shellcheck $(SHELL_SCRIPTS); \
 	run $(BIN)/yamllint --strict .; \
