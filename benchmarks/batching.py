@@ -19,18 +19,17 @@ import json
 import os
 import random
 import re
-import signal
-import socket
 import statistics
-import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parent.parent
+from loadtests.local import LOOPBACK, ROOT, LocalFunction, StartError, launch, stop, wait_ready
+
 LEVELS = (1, 8, 32)
 WARMUP_S = 2.0
 
@@ -74,61 +73,26 @@ class Result:
         return (self.requests - self.errors) / self.seconds
 
 
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Server:
-    """The function in a subprocess on a loopback port."""
-
-    def __init__(self, model_dir: Path, batching: bool, extra_env: dict[str, str]) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {
-            **os.environ,
-            "HOST": "127.0.0.1",
-            "PORT": str(self.port),
-            "MODEL_DIR": str(model_dir),
-            "BATCHING": "true" if batching else "false",
-            "LOG_LEVEL": "warning",
-            "LOG_FORMAT": "text",
-            "MAX_CONCURRENCY": "256",
-            **extra_env,
-        }
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "functions.sentiment"],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-
-    def wait_ready(self, deadline_s: float = 90.0) -> None:
-        """Poll readiness until 200."""
-        deadline = time.monotonic() + deadline_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                err = self.proc.stderr.read().decode() if self.proc.stderr else ""
-                raise SystemExit(f"server exited: {err[-2000:]}")
-            try:
-                if httpx.get(f"{self.url}/health/readiness", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        raise SystemExit("server not ready in time")
-
-    def stop(self) -> None:
-        """SIGTERM, then wait (kill after 30 s)."""
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+def start(
+    model_dir: Path, batching: bool, extra_env: dict[str, str], log_dir: Path
+) -> LocalFunction:
+    """The function on a loopback port, ready; SystemExit with its log tail if it is not."""
+    env = {
+        "HOST": LOOPBACK,
+        "MODEL_DIR": str(model_dir),
+        "BATCHING": "true" if batching else "false",
+        "LOG_LEVEL": "warning",
+        "LOG_FORMAT": "text",
+        "MAX_CONCURRENCY": "256",
+        **extra_env,
+    }
+    server = launch(env, log_path=log_dir / f"batching-{'on' if batching else 'off'}.log")
+    try:
+        wait_ready(server)
+    except StartError as e:
+        stop(server)
+        raise SystemExit(str(e)) from e
+    return server
 
 
 def batch_totals(metrics: str) -> tuple[float, float]:
@@ -208,16 +172,16 @@ async def drive(
     return latencies, counts[0], counts[1]
 
 
-def measure(server: Server, batching: bool, seconds: float, texts: list[str]) -> list[Result]:
+def measure(url: str, batching: bool, seconds: float, texts: list[str]) -> list[Result]:
     """Every level against one server."""
     out = []
     for level in LEVELS:
-        asyncio.run(drive(server.url, level, WARMUP_S, texts))
-        before = batch_totals(httpx.get(f"{server.url}/metrics").text)
+        asyncio.run(drive(url, level, WARMUP_S, texts))
+        before = batch_totals(httpx.get(f"{url}/metrics").text)
         t0 = time.perf_counter()
-        latencies, requests, errors = asyncio.run(drive(server.url, level, seconds, texts))
+        latencies, requests, errors = asyncio.run(drive(url, level, seconds, texts))
         elapsed = time.perf_counter() - t0
-        after = batch_totals(httpx.get(f"{server.url}/metrics").text)
+        after = batch_totals(httpx.get(f"{url}/metrics").text)
         runs = after[1] - before[1]
         qs = statistics.quantiles(latencies, n=100, method="inclusive")
         out.append(
@@ -271,13 +235,13 @@ def main(argv: list[str] | None = None) -> None:
     extra = {"ORT_INTRA_OP_THREADS": a.threads} if a.threads else {}
     texts = sample_texts()
     results: list[Result] = []
-    for batching in (True, False):
-        server = Server(a.model_dir, batching, extra)
-        try:
-            server.wait_ready()
-            results += measure(server, batching, a.seconds, texts)
-        finally:
-            server.stop()
+    with tempfile.TemporaryDirectory(prefix="batching-") as tmp:
+        for batching in (True, False):
+            server = start(a.model_dir, batching, extra, Path(tmp))
+            try:
+                results += measure(server.base_url, batching, a.seconds, texts)
+            finally:
+                stop(server, timeout_s=30)
     print(f"model: {a.model_dir.name}, {a.seconds:.0f} s per level, cpus: {os.cpu_count()}")
     print(table(results))
 

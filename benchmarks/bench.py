@@ -35,7 +35,16 @@ from typing import Any
 
 import httpx
 
-from loadtests.local import LOOPBACK, ROOT, free_port, status_kib, tree_rss_kib
+from loadtests.local import (
+    LOOPBACK,
+    ROOT,
+    LocalFunction,
+    free_port,
+    launch,
+    status_kib,
+    stop,
+    tree_rss_kib,
+)
 from loadtests.run import k6_binary
 
 HERE = Path(__file__).resolve().parent
@@ -49,7 +58,7 @@ class Server:
 
     key: str
     title: str
-    argv: tuple[str, ...]
+    module: str  # run as `python -m module`
     env: Mapping[str, str]
 
 
@@ -59,13 +68,13 @@ def servers(
     checkpoint_dir: Path = ROOT / "models/minilm-sentiment-checkpoint",
 ) -> list[Server]:
     """The baseline first, then our two variants."""
-    function = (sys.executable, "-m", "functions.sentiment")
+    function = "functions.sentiment"
     ours = {"HOST": LOOPBACK, "LOG_LEVEL": "warning", "SHUTDOWN_TIMEOUT_SECONDS": "2"}
     return [
         Server(
             "baseline",
             "FastAPI + transformers pipeline (PyTorch fp32)",
-            (sys.executable, "-m", "benchmarks.baseline_server"),
+            "benchmarks.baseline_server",
             {"CHECKPOINT_DIR": str(checkpoint_dir)},
         ),
         Server(
@@ -123,16 +132,12 @@ class RssSampler:
         return self.peak_kib / 1024
 
 
-def start(server: Server, log_dir: Path) -> tuple[subprocess.Popen[bytes], str, float]:
-    """Spawn a server on a free port; (process, base URL, spawn time)."""
+def start(server: Server, log_dir: Path) -> tuple[LocalFunction, float]:
+    """Spawn a server on a free port; (the function, perf_counter() just before the spawn)."""
     port = free_port()
-    env = {**os.environ, **server.env, "PORT": str(port)}
-    log = (log_dir / f"{server.key}-{port}.log").open("wb")
+    log_path = log_dir / f"{server.key}-{port}.log"
     spawned = time.perf_counter()
-    process = subprocess.Popen(
-        list(server.argv), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
-    )
-    return process, f"http://{LOOPBACK}:{port}", spawned
+    return launch(server.env, log_path=log_path, port=port, module=server.module), spawned
 
 
 def first_prediction(process: subprocess.Popen[bytes], url: str, timeout_s: float = 180.0) -> None:
@@ -149,15 +154,6 @@ def first_prediction(process: subprocess.Popen[bytes], url: str, timeout_s: floa
                 pass
             time.sleep(0.01)
     raise RuntimeError(f"no prediction within {timeout_s} s")
-
-
-def terminate(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 # --- measurements -----------------------------------------------------------------------------
@@ -232,18 +228,19 @@ def measure(server: Server, args: argparse.Namespace, log_dir: Path) -> Figures:
     """Every figure for one server."""
     figures = Figures()
     for _ in range(args.cold_runs):
-        process, url, spawned = start(server, log_dir)
+        function, spawned = start(server, log_dir)
         try:
-            first_prediction(process, url)
+            first_prediction(function.process, function.base_url)
             figures.cold_start_s.append(time.perf_counter() - spawned)
         finally:
-            terminate(process)
+            stop(function, timeout_s=20)
         print(f"  {server.key}: cold start {figures.cold_start_s[-1]:.2f} s", flush=True)
 
-    process, url, _ = start(server, log_dir)
-    sampler = RssSampler(process.pid)
+    function, _ = start(server, log_dir)
+    url = function.base_url
+    sampler = RssSampler(function.process.pid)
     try:
-        first_prediction(process, url)
+        first_prediction(function.process, url)
         figures.predictions = predictions(url)
         figures.latency_ms = latency_c1(url, args.requests)
         print(f"  {server.key}: latency c=1 {figures.latency_ms}", flush=True)
@@ -253,7 +250,7 @@ def measure(server: Server, args: argparse.Namespace, log_dir: Path) -> Figures:
             print(f"  {server.key}: c={vus} {rps:.1f} req/s ({failed} failed)", flush=True)
     finally:
         figures.peak_rss_mib = sampler.stop()
-        terminate(process)
+        stop(function, timeout_s=20)
     print(f"  {server.key}: peak RSS {figures.peak_rss_mib:.0f} MiB", flush=True)
     return figures
 

@@ -11,64 +11,46 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import socket
 import statistics
-import subprocess
-import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+from loadtests.local import LOOPBACK, free_port, launch, status_kib, stop
 
 
 def one_run(
     model_dir: Path, extra_env: dict[str, str], deadline_s: float = 60.0
 ) -> tuple[float, float]:
     """(seconds from spawn to the first 200 from /predict, peak RSS in MB)."""
-    port = _free_port()
-    env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(port), "MODEL_DIR": str(model_dir),
-           "LOG_LEVEL": "warning", **extra_env}  # fmt: skip
+    port = free_port()
+    env = {"HOST": LOOPBACK, "MODEL_DIR": str(model_dir), "LOG_LEVEL": "warning", **extra_env}
     body = json.dumps({"text": "I love it"}).encode()
-    url = f"http://127.0.0.1:{port}/predict"
-    started = time.perf_counter()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "functions.sentiment"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        while time.perf_counter() - started < deadline_s:
-            req = urllib.request.Request(url, body, {"Content-Type": "application/json"})
-            try:
-                # The URL is built above from a fixed http://127.0.0.1 prefix.
-                with urllib.request.urlopen(req, timeout=5) as resp:  # noqa: S310
-                    if resp.status == 200:
-                        elapsed = time.perf_counter() - started
-                        return elapsed, _peak_rss_mb(proc.pid)
-            except (urllib.error.URLError, ConnectionError, OSError):
-                pass
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited with {proc.returncode}")
-            time.sleep(0.005)
-        raise TimeoutError(f"no successful /predict within {deadline_s}s")
-    finally:
-        proc.terminate()
-        proc.wait(30)
+    url = f"http://{LOOPBACK}:{port}/predict"
+    with tempfile.TemporaryDirectory(prefix="coldstart-") as tmp:
+        log_path = Path(tmp) / "function.log"
+        started = time.perf_counter()
+        function = launch(env, log_path=log_path, port=port)
+        proc = function.process
+        try:
+            while time.perf_counter() - started < deadline_s:
+                req = urllib.request.Request(url, body, {"Content-Type": "application/json"})
+                try:
+                    # The URL is built above from the fixed loopback prefix.
+                    with urllib.request.urlopen(req, timeout=5) as resp:  # noqa: S310
+                        if resp.status == 200:
+                            elapsed = time.perf_counter() - started
+                            return elapsed, status_kib(proc.pid, "VmHWM") / 1024
+                except (urllib.error.URLError, ConnectionError, OSError):
+                    pass
+                if proc.poll() is not None:
+                    raise RuntimeError(f"server exited with {proc.returncode}")
+                time.sleep(0.005)
+            raise TimeoutError(f"no successful /predict within {deadline_s}s")
+        finally:
+            stop(function, timeout_s=30)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,8 +1,9 @@
 """Start a KubeSentiment function as a local subprocess on loopback and wait until it is ready.
 
-Used by the k6 runner, the benchmark and the integration tests: one place knows how a variant maps
-to a model directory and environment, how readiness is polled (with a deadline, never a bare sleep)
-and how the process is stopped (SIGTERM first, as Knative does, then SIGKILL).
+Used by the k6 runner, the benchmarks and the integration tests: one place knows how a variant maps
+to a model directory and environment, how the process is started on a free port with its output in a
+log file, how readiness is polled (with a deadline, never a bare sleep) and how the process is
+stopped (SIGTERM first, as Knative does, then SIGKILL).
 """
 
 from __future__ import annotations
@@ -44,6 +45,11 @@ class LocalFunction:
     log_path: Path
     spawned_at: float  # time.time() just before the spawn, for cold-start measurements
 
+    @property
+    def port(self) -> int:
+        """The loopback port the function listens on."""
+        return int(self.base_url.rsplit(":", 1)[1])
+
     def log_tail(self, lines: int = 40) -> str:
         """The last lines of the function's log, for error messages."""
         try:
@@ -74,6 +80,29 @@ def model_override(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
     return {"MODEL_DIR": override} if override else {}
 
 
+def launch(
+    env: Mapping[str, str],
+    *,
+    log_path: Path,
+    port: int | None = None,
+    module: str = "functions.sentiment",
+) -> LocalFunction:
+    """Start `python -m module` with os.environ + PORT + `env`, output to `log_path` (no wait)."""
+    port = port or free_port()
+    child_env = {**os.environ, "PORT": str(port), **env}
+    with log_path.open("wb") as log:
+        spawned_at = time.time()
+        process = subprocess.Popen(
+            [sys.executable, "-m", module],
+            cwd=ROOT,
+            env=child_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    return LocalFunction(process, f"http://{LOOPBACK}:{port}", log_path, spawned_at)
+
+
 def spawn(
     variant: str = "cpu-int8",
     *,
@@ -84,27 +113,14 @@ def spawn(
     """Start `python -m functions.sentiment` for `variant` on a free loopback port (not waiting)."""
     port = port or free_port()
     log_dir = log_dir or Path(tempfile.mkdtemp(prefix="kubesentiment-"))
-    log_path = log_dir / f"function-{variant}-{port}.log"
-    child_env = {
-        **os.environ,
+    function_env = {
         "HOST": LOOPBACK,
-        "PORT": str(port),
         "MODEL_DIR": str(model_dir(variant)),
         "VARIANT": variant,
         "SHUTDOWN_TIMEOUT_SECONDS": "2",
         **(env or {}),
     }
-    with log_path.open("wb") as log:
-        spawned_at = time.time()
-        process = subprocess.Popen(
-            [sys.executable, "-m", "functions.sentiment"],
-            cwd=ROOT,
-            env=child_env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    return LocalFunction(process, f"http://{LOOPBACK}:{port}", log_path, spawned_at)
+    return launch(function_env, log_path=log_dir / f"function-{variant}-{port}.log", port=port)
 
 
 def wait_ready(function: LocalFunction, timeout_s: float = 90.0) -> None:

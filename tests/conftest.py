@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
@@ -17,6 +14,8 @@ import pytest
 from starlette.testclient import TestClient
 
 from functions.sentiment.app import create_app
+from loadtests import local
+from loadtests.local import free_port as free_port  # re-exported: tests import it from here
 from shared.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -75,65 +74,28 @@ def wait_ready(client: TestClient | httpx.Client, deadline_s: float = 30.0) -> N
     raise AssertionError(f"not ready within {deadline_s}s: {last!r}")
 
 
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class LiveServer:
-    """A `python -m functions.sentiment` subprocess on a free loopback port."""
+    """A `python -m functions.sentiment` subprocess on a free loopback port (loadtests.local)."""
 
     def __init__(self, env: Mapping[str, str], log_path: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
-        full_env = {
-            **os.environ,
-            "HOST": "127.0.0.1",
-            "PORT": str(self.port),
-            "MODEL_DIR": str(model_dir()),
-            **env,
-        }
-        self._log = log_path.open("wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "functions.sentiment"],
-            cwd=ROOT,
-            env=full_env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
+        env = {"HOST": local.LOOPBACK, "MODEL_DIR": str(model_dir()), **env}
+        self.function = local.launch(env, log_path=log_path)
+        self.port = self.function.port
+        self.url = self.function.base_url
+        self.proc = self.function.process
 
     def wait_ready(self, deadline_s: float = 60.0) -> None:
-        with httpx.Client(base_url=self.url, timeout=2.0) as c:
-            deadline = time.monotonic() + deadline_s
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
-                    raise AssertionError(f"server exited: {self.logs()}")
-                try:
-                    if c.get("/health/readiness").status_code == 200:
-                        return
-                except httpx.TransportError:
-                    pass
-                time.sleep(0.05)
-        raise AssertionError(f"server not ready: {self.logs()}")
+        try:
+            local.wait_ready(self.function, deadline_s)
+        except local.StartError as e:
+            raise AssertionError(f"server not ready: {self.logs()}") from e
 
     def logs(self) -> str:
-        if not self._log.closed:
-            self._log.flush()
         return self.log_path.read_text(errors="replace")
 
     def stop(self, timeout: float = 30.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-        return int(self.proc.returncode)
+        return local.stop(self.function, timeout)
 
 
 @pytest.fixture
