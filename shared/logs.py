@@ -68,13 +68,24 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str, ensure_ascii=False)
 
 
+class TextFormatter(logging.Formatter):
+    """Plain lines for a terminal: time, level, logger, [request id or -], message."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s [%(rid)s] %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        record.rid = getattr(record, "request_id", None) or "-"
+        return super().format(record)
+
+
 def config(level: str = "info", fmt: str = "json", variant: str = "") -> dict[str, Any]:
     """The logging configuration, for `logging.config.dictConfig` and uvicorn's `log_config`."""
     _variant["value"] = variant
     formatter: dict[str, Any] = (
         {"()": "shared.logs.JsonFormatter"}
         if fmt == "json"
-        else {"format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"}
+        else {"()": "shared.logs.TextFormatter"}
     )
     handler = {
         "class": "logging.StreamHandler",
