@@ -33,7 +33,8 @@ outputs `logits` and `probabilities`; a `tokenizers` fast tokenizer that truncat
   activations quantized at run time); fp16 is generated for GPUs by `make fp16`.
 - Training data (read from installed packages; no raw text is committed):
 {data}
-- Recipe: `make train` (training/train.py): fixed seed, deterministic hash splits, 3 epochs,
+- Recipe: `make train` (training/train.py): fixed seed, deterministic hash splits, all Hutto
+  training rows and a seeded 40 % sample of the CrowdFlower training rows, 3 epochs,
   AdamW lr 8e-5, batch 32, at most 64 tokens, frozen word embeddings, cross-entropy plus a
   squared-error term tying the score to the Hutto mean human rating.
 

@@ -2,8 +2,10 @@
 
 Recipe (fixed seed, deterministic splits from `training.data`): mean pooling over the encoder,
 linear head, AdamW (lr 8e-5, weight decay 0.01, 6 % linear warm-up then linear decay), batch 32,
-at most 64 tokens, frozen word embeddings, 2 epochs. The loss is cross-entropy on the 3 classes
-plus, for Hutto rows (which carry a mean human rating), the squared error between
+at most 64 tokens, frozen word embeddings, 3 epochs, on the Hutto training rows and a seeded
+40 % sample of the CrowdFlower training rows (all of them tilted the model towards those tweets:
+Hutto 3-class 0.761 instead of 0.773, for 1.5 points more on CrowdFlower). The loss is
+cross-entropy on the 3 classes plus, for Hutto rows (which carry a mean human rating), the squared error between
 `score = P(positive) - P(negative)` and the rating scaled to [-1, 1], so the score is calibrated
 as a continuous sentiment and not only as an argmax.
 
@@ -58,7 +60,7 @@ def batches(
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("models/minilm-sentiment-checkpoint"))
-    parser.add_argument("--epochs", type=float, default=2.0)
+    parser.add_argument("--epochs", type=float, default=3.0)
     parser.add_argument("--lr", type=float, default=8e-5)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--rating-weight", type=float, default=1.0)
@@ -66,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--crowdflower-fraction",
         type=float,
-        default=1.0,
+        default=0.4,
         help="share of the CrowdFlower training rows used (a seeded sample)",
     )
     args = parser.parse_args(argv)
