@@ -5,9 +5,9 @@ linear head, AdamW (lr 8e-5, weight decay 0.01, 6 % linear warm-up then linear d
 at most 64 tokens, frozen word embeddings, 3 epochs, on the Hutto training rows and a seeded
 40 % sample of the CrowdFlower training rows (all of them tilted the model towards those tweets:
 Hutto 3-class 0.761 instead of 0.773, for 1.5 points more on CrowdFlower). The loss is
-cross-entropy on the 3 classes plus, for Hutto rows (which carry a mean human rating), the squared error between
-`score = P(positive) - P(negative)` and the rating scaled to [-1, 1], so the score is calibrated
-as a continuous sentiment and not only as an argmax.
+cross-entropy on the 3 classes plus, for Hutto rows (which carry a mean human rating), the
+squared error between `score = P(positive) - P(negative)` and the rating scaled to [-1, 1], so
+the score is calibrated as a continuous sentiment and not only as an argmax.
 
 Batches are built from length-sorted windows, so padding stays small; the order is still
 determined by the seed alone.
