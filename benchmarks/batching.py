@@ -172,32 +172,52 @@ async def drive(
     return latencies, counts[0], counts[1]
 
 
-def measure(url: str, batching: bool, seconds: float, texts: list[str]) -> list[Result]:
-    """Every level against one server."""
+def measure_level(
+    url: str, level: int, seconds: float, texts: list[str]
+) -> tuple[list[float], int, int, float, float, float]:
+    """One timed run at one concurrency: latencies, requests, errors, seconds, texts, runs."""
+    asyncio.run(drive(url, level, WARMUP_S, texts))
+    before = batch_totals(httpx.get(f"{url}/metrics").text)
+    t0 = time.perf_counter()
+    latencies, requests, errors = asyncio.run(drive(url, level, seconds, texts))
+    elapsed = time.perf_counter() - t0
+    after = batch_totals(httpx.get(f"{url}/metrics").text)
+    return latencies, requests, errors, elapsed, after[0] - before[0], after[1] - before[1]
+
+
+def measure(urls: dict[bool, str], seconds: float, texts: list[str]) -> list[Result]:
+    """Every level against both servers, in on/off/off/on order (ABBA), half the time each.
+
+    Alternating cancels drift on a shared machine (warm-up, other load) that would otherwise
+    favour whichever server is measured second.
+    """
     out = []
     for level in LEVELS:
-        asyncio.run(drive(url, level, WARMUP_S, texts))
-        before = batch_totals(httpx.get(f"{url}/metrics").text)
-        t0 = time.perf_counter()
-        latencies, requests, errors = asyncio.run(drive(url, level, seconds, texts))
-        elapsed = time.perf_counter() - t0
-        after = batch_totals(httpx.get(f"{url}/metrics").text)
-        runs = after[1] - before[1]
-        qs = statistics.quantiles(latencies, n=100, method="inclusive")
-        out.append(
-            Result(
-                batching=batching,
-                concurrency=level,
-                requests=requests,
-                errors=errors,
-                seconds=elapsed,
-                p50_ms=statistics.median(latencies) * 1000,
-                p99_ms=qs[98] * 1000,
-                mean_batch=(after[0] - before[0]) / runs if runs else 0.0,
+        runs: dict[bool, list[tuple[list[float], int, int, float, float, float]]] = {
+            True: [],
+            False: [],
+        }
+        for batching in (True, False, False, True):
+            runs[batching].append(measure_level(urls[batching], level, seconds / 2, texts))
+            print(f"  measured batching={'on' if batching else 'off'} c={level}", file=sys.stderr)
+        for batching in (True, False):
+            latencies = [x for r in runs[batching] for x in r[0]]
+            qs = statistics.quantiles(latencies, n=100, method="inclusive")
+            texts_run = sum(r[4] for r in runs[batching])
+            n_runs = sum(r[5] for r in runs[batching])
+            out.append(
+                Result(
+                    batching=batching,
+                    concurrency=level,
+                    requests=sum(r[1] for r in runs[batching]),
+                    errors=sum(r[2] for r in runs[batching]),
+                    seconds=sum(r[3] for r in runs[batching]),
+                    p50_ms=statistics.median(latencies) * 1000,
+                    p99_ms=qs[98] * 1000,
+                    mean_batch=texts_run / n_runs if n_runs else 0.0,
+                )
             )
-        )
-        print(f"  measured batching={'on' if batching else 'off'} c={level}", file=sys.stderr)
-    return out
+    return sorted(out, key=lambda r: (not r.batching, r.concurrency))
 
 
 def table(results: list[Result]) -> str:
@@ -236,11 +256,12 @@ def main(argv: list[str] | None = None) -> None:
     texts = sample_texts()
     results: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="batching-") as tmp:
-        for batching in (True, False):
-            server = start(a.model_dir, batching, extra, Path(tmp))
-            try:
-                results += measure(server.base_url, batching, a.seconds, texts)
-            finally:
+        # Both servers run throughout; the one not being measured is idle.
+        servers = {b: start(a.model_dir, b, extra, Path(tmp)) for b in (True, False)}
+        try:
+            results += measure({b: s.base_url for b, s in servers.items()}, a.seconds, texts)
+        finally:
+            for server in servers.values():
                 stop(server, timeout_s=30)
     print(f"model: {a.model_dir.name}, {a.seconds:.0f} s per level, cpus: {os.cpu_count()}")
     print(table(results))
