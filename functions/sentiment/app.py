@@ -67,6 +67,11 @@ class AppState:
     extras: dict[str, Any] = field(default_factory=dict)
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
+    @property
+    def accepting(self) -> bool:
+        """Ready for new work: model loaded and warmed up, secrets read, not draining."""
+        return self.ready and not self.draining
+
     def require_ready(self) -> tuple[Classifier, Batcher]:
         """The model and batcher, or NotReady (503 with Retry-After)."""
         if self.draining:
@@ -203,7 +208,7 @@ async def liveness(request: Request) -> Response:
 async def readiness(request: Request) -> Response:
     """GET /health/readiness: 200 only when the model is loaded, warmed up and not draining."""
     state = app_state(request)
-    if state.ready and not state.draining:
+    if state.accepting:
         return JSONResponse({"status": "ready", "variant": state.settings.variant})
     reason = "shutting down" if state.draining else state.not_ready_reason
     return JSONResponse(

@@ -90,7 +90,7 @@ async def server_live(request: Request) -> Response:
 async def server_ready(request: Request) -> Response:
     """GET /v2/health/ready: 200 when the model is loaded and the function not draining."""
     state = app_state(request)
-    if state.ready and not state.draining:
+    if state.accepting:
         return JSONResponse({"ready": True})
     return JSONResponse({"ready": False}, status_code=503, headers=state.retry_after)
 
@@ -101,7 +101,7 @@ async def model_metadata(request: Request) -> Response:
     classifier = _model(state, request.path_params["name"])
     labels = len(classifier.labels)
     outputs = [{"name": "label", "datatype": "BYTES", "shape": [-1]}]
-    if _has_score(classifier):
+    if classifier.has_score:
         outputs.append({"name": "score", "datatype": "FP32", "shape": [-1]})
     outputs.append({"name": "probabilities", "datatype": "FP32", "shape": [-1, labels]})
     return JSONResponse(
@@ -120,15 +120,10 @@ async def model_ready(request: Request) -> Response:
     """GET /v2/models/{name}/ready: the named model is loaded and accepting work."""
     state = app_state(request)
     name = request.path_params["name"]
-    if state.ready and not state.draining:
+    if state.accepting:
         _model(state, name)  # 404 for another name
         return JSONResponse({"name": name, "ready": True})
     return JSONResponse({"name": name, "ready": False}, status_code=503, headers=state.retry_after)
-
-
-def _has_score(classifier: Classifier) -> bool:
-    lower = [label.lower() for label in classifier.labels]
-    return "positive" in lower and "negative" in lower
 
 
 def split_body(body: bytes, header_length: str | None) -> tuple[Any, bytes]:
@@ -236,7 +231,7 @@ async def infer(request: Request) -> Response:
     long_text = params.get("long_text") if isinstance(params, dict) else None
     if long_text is not None and long_text not in LONG_TEXT_MODES:
         raise BadRequest(f"parameters.long_text must be one of {', '.join(LONG_TEXT_MODES)}")
-    available = [n for n in OUTPUT_NAMES if n != "score" or _has_score(classifier)]
+    available = [n for n in OUTPUT_NAMES if n != "score" or classifier.has_score]
     wanted = _wanted(payload, available)
     async with state.admit():
         predictions = await classify(state, texts, long_text=long_text)

@@ -125,6 +125,11 @@ class Classifier:
         return cls(directory, manifest, session, tokenizer, threads, chunk_overlap)
 
     @property
+    def has_score(self) -> bool:
+        """True when the labels include negative and positive, so `score` can be computed."""
+        return self._pos is not None and self._neg is not None
+
+    @property
     def providers(self) -> list[str]:
         """Execution providers the session really uses."""
         return list(self.session.get_providers())
@@ -163,7 +168,7 @@ class Classifier:
             row = probs[0]
         best = int(np.argmax(row))
         score = None
-        if self._pos is not None and self._neg is not None:
+        if self._pos is not None and self._neg is not None:  # i.e. has_score
             score = round(float(row[self._pos] - row[self._neg]), 6)
         return Prediction(
             label=self.labels[best],
