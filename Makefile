@@ -128,5 +128,5 @@ k6: $(STAMP) ## Run a k6 scenario on local functions: make k6 SCENARIO=load K6_A
 bench-baseline: $(STAMP) ## int8/fp32 vs FastAPI + transformers baseline -> docs/benchmarks.md + PNGs (~3 min)
 	$(PYTHON) -m benchmarks.bench
 
-bench-batching: $(STAMP) ## Micro-batching on/off: throughput and p50/p99 at concurrency 1, 8, 32 (~2 min)
-	$(PYTHON) -m benchmarks.batching
+bench-batching: $(STAMP) ## Micro-batching on/off at concurrency 1, 8, 32, 3 server sets with an A/A control (~4 min)
+	$(PYTHON) -m benchmarks.batching --control
