@@ -1,57 +1,29 @@
-# staging: composes the modules; only sizes and names differ between environments.
+# staging: prod's machine types on the REGULAR channel, smaller pools, Spot GPUs.
+# Only this file is the environment's own; providers.tf, versions.tf, variables.tf, outputs.tf
+# and moved.tf link to ../../shared, and modules/stack wires the modules together.
 
-locals {
-  environment = "staging"
-  labels = {
-    app         = "kubesentiment"
-    environment = local.environment
+terraform {
+  # State per environment; the bucket is passed at init: terraform init -backend-config=bucket=NAME
+  backend "gcs" {
+    prefix = "kubesentiment/staging"
   }
 }
 
-module "cluster" {
-  source = "../../modules/cluster"
+module "stack" {
+  source = "../../modules/stack"
 
-  project_id                 = var.project_id
-  name                       = "kubesentiment-${local.environment}"
-  region                     = var.region
-  network                    = var.network
-  subnetwork                 = var.subnetwork
-  pods_range_name            = "pods"
-  services_range_name        = "services"
-  master_ipv4_cidr_block     = var.master_ipv4_cidr_block
-  master_authorized_networks = var.master_authorized_networks
-  rbac_security_group        = var.rbac_security_group
-  node_service_account       = var.node_service_account
-  database_encryption_key    = var.database_encryption_key
-  release_channel            = "REGULAR"
-  cpu_machine_type           = "c3-standard-8"
-  cpu_min_nodes              = 1
-  cpu_max_nodes              = 4
-  gpu_min_nodes              = 0
-  gpu_max_nodes              = 1
-  gpu_spot                   = true
-  deletion_protection        = true
-  labels                     = local.labels
-}
+  environment = "staging"
+  foundation  = local.foundation
 
-module "knative" {
-  source = "../../modules/knative"
+  release_channel     = "REGULAR"
+  cpu_machine_type    = "c3-standard-8"
+  cpu_min_nodes       = 1
+  cpu_max_nodes       = 4
+  gpu_min_nodes       = 0
+  gpu_max_nodes       = 1
+  gpu_spot            = true
+  deletion_protection = true
 
-  depends_on = [module.cluster]
-}
-
-module "vault" {
-  source = "../../modules/vault"
-
-  kubernetes_host    = "https://${module.cluster.endpoint}"
-  kubernetes_ca_cert = base64decode(module.cluster.ca_certificate)
-}
-
-module "monitoring" {
-  source = "../../modules/monitoring"
-
-  retention    = "7d"
-  storage_size = "50Gi"
-
-  depends_on = [module.cluster]
+  monitoring_retention    = "7d"
+  monitoring_storage_size = "50Gi"
 }
