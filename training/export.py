@@ -115,6 +115,10 @@ def export(
 ) -> modeldir.Manifest:
     """Export `model` with its tokenizer into `out_dir` (fp32), checking parity first."""
     model = model.eval()
+    if hasattr(model, "set_attn_implementation"):
+        # Eager attention traces to the MatMul/Softmax pattern that ONNX Runtime's optimizer fuses
+        # into one Attention node (QAttention after int8); the SDPA trace is left unfused.
+        model.set_attn_implementation("eager")
     tok = configure_tokenizer(tokenizer_json, max_tokens)
     ids, mask = encode(tok, PARITY_TEXTS[:4])  # padded, mixed lengths
     with tempfile.TemporaryDirectory() as tmp:
@@ -166,8 +170,8 @@ def export(
 
 
 def _optimize(src: Path, dst: Path, model: nn.Module, model_type: str) -> None:
-    # ONNX Runtime's transformer optimizer fuses attention, LayerNorm and GELU; session-time
-    # optimization alone does not fuse attention.
+    # ONNX Runtime's transformer optimizer fuses embeddings + LayerNorm, attention, skip
+    # LayerNorm and GELU; session-time optimization alone does not fuse attention.
     from onnxruntime.transformers.optimizer import optimize_model
 
     config = model.config

@@ -33,24 +33,27 @@ outputs `logits` and `probabilities`; a `tokenizers` fast tokenizer that truncat
   activations quantized at run time); fp16 is generated for GPUs by `make fp16`.
 - Training data (read from installed packages; no raw text is committed):
 {data}
-- Recipe: `make train` (training/train.py): fixed seed, deterministic hash splits, all Hutto
-  training rows and a seeded 40 % sample of the CrowdFlower training rows, 3 epochs,
-  AdamW lr 8e-5, batch 32, at most 64 tokens, frozen word embeddings, cross-entropy plus a
-  squared-error term tying the score to the Hutto mean human rating.
+- Recipe: `make train` (training/train.py): fixed seed, deterministic hash splits, the Hutto
+  tweet, Amazon and NYT training rows plus seeded samples of the movie-review and CrowdFlower
+  training rows (`movie_fraction`, `crowdflower_fraction` in the recipe line above), AdamW,
+  at most 64 tokens, frozen word embeddings, cross-entropy plus a squared-error term tying the
+  score to the Hutto mean human rating.
 
 ## Held-out evaluation (`make eval`, 2 CPU cores)
 
 {header}
 {chr(10).join(rows)}
 
-Movie-review snippets were never trained on (binary polarity = sign of the mean human rating,
-prediction = sign of the score). Hutto and CrowdFlower figures are on 20 % test splits chosen by
-a hash. Latency is one `session.run` of a 64-token text at batch 1 (tokenization excluded).
+Every figure is on a 20 % test split chosen by a hash and never trained on. Movie binary is the
+movie-review test split (polarity = sign of the mean human rating, prediction = sign of the
+score); Hutto 3-class is the tweet, Amazon and NYT test split. Latency is one `session.run` of a
+64-token text at batch 1 (tokenization excluded).
 
 ## Limits
 
-- English only; trained on short texts (tweets, review and news sentences, at most 64 tokens).
-  Longer texts are truncated at {manifest.max_tokens} tokens (flagged) or chunked on request.
+- English only; trained on short texts (tweets, product and film review and news sentences, at
+  most 64 tokens). Longer texts are truncated at {manifest.max_tokens} tokens (flagged) or
+  chunked on request.
 - Sarcasm, irony, negation across sentences and domain jargon are often misread; the neutral
   class is the least reliable (annotators disagree most there).
 - CrowdFlower tweets are about a few topics (e.g. self-driving cars, brands): scores on other
