@@ -5,7 +5,8 @@ linear head, AdamW (lr 8e-5, weight decay 0.01, 6 % linear warm-up then linear d
 at most 64 tokens, frozen word embeddings, 3 epochs, on the Hutto tweet, Amazon and NYT training
 rows (each seen twice per epoch, `--hutto-repeat 2`: movie rows alone cost Hutto 3-class 1.5
 points, 0.758 instead of 0.773; seen twice it is 0.775), a seeded half of the movie-review
-training rows and a seeded 40 % sample of the CrowdFlower training rows. Both samples trade points measured on the held-out sets: all CrowdFlower rows tilted
+training rows and a seeded 40 % sample of the CrowdFlower training rows. Both samples trade
+points measured on the held-out sets: all CrowdFlower rows tilted
 the model towards those tweets (Hutto 3-class 0.761 instead of 0.773, for 1.5 points more on
 CrowdFlower), and all movie rows cost Hutto 3-class points for little more on movie reviews.
 The loss is cross-entropy on the 3 classes plus, for Hutto rows (which carry a mean human
