@@ -72,8 +72,8 @@ test: $(STAMP) tools ## Run every test (unit, integration with real servers, k6 
 	$(PYTHON) -m pytest
 
 train: $(STAMP) ## Retrain the default model (tens of minutes on 2 cores), export, quantize, evaluate
-	$(PYTHON) -m training.train --epochs 3 --crowdflower-fraction 0.4 --movie-fraction 0.5 --hutto-repeat 2 \
-	  --out $(MODELS)/minilm-sentiment-checkpoint
+	$(PYTHON) -m training.train --epochs 3 --crowdflower-fraction 0.4 --movie-fraction 0.5 \
+	  --hutto-repeat 2 --out $(MODELS)/minilm-sentiment-checkpoint
 	$(MAKE) export eval
 
 export: $(STAMP) ## Export the checkpoint to fp32 ONNX and derive int8

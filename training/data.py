@@ -134,9 +134,7 @@ def _crowdflower_split(split: str) -> list[Example]:
 
 def training_set() -> list[Example]:
     """Everything the default model is trained on (no test rows of any source)."""
-    return (
-        _hutto_split("train") + _hutto_split("train", (MOVIE_SOURCE,)) + _crowdflower_split("train")
-    )
+    return _hutto_split("train", (*HUTTO_SOURCES, MOVIE_SOURCE)) + _crowdflower_split("train")
 
 
 DESCRIPTION = (
