@@ -25,13 +25,19 @@ import argparse
 import json
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer
 
 from training import data
-from training.modeling import FROZEN, from_base, save_trained
+from training.modeling import (
+    FROZEN,
+    MeanPoolingBertForSequenceClassification,
+    from_base,
+    save_trained,
+)
 
 SEED = 20261126
 TRAIN_MAX_TOKENS = 64
@@ -71,6 +77,92 @@ def sample(
     return [e for e in examples if e.source != source or rng.random() < fraction]
 
 
+def training_tokenizer(path: Path, max_tokens: int) -> Tokenizer:
+    """The base tokenizer for training: truncation at `max_tokens`, no padding (batches pad)."""
+    tokenizer = Tokenizer.from_file(str(path))
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(max_length=max_tokens)
+    return tokenizer
+
+
+Progress = Callable[[int, int, float, int], None]  # step, total steps, loss, examples seen
+
+
+def fit(
+    model: MeanPoolingBertForSequenceClassification,
+    examples: list[data.Example],
+    tokenizer: Tokenizer,
+    *,
+    epochs: float,
+    lr: float,
+    batch_size: int,
+    rng: random.Random,
+    rating_weight: float = 0.0,
+    progress: Progress | None = None,
+) -> int:
+    """Fine-tune `model` in place (the recipe above); returns the number of optimizer steps.
+
+    Every parameter but the frozen word embeddings is trained with AdamW (weight decay 0.01 on
+    matrices), 6 % linear warm-up then linear decay, gradient norm clipped at 1. Rows with a
+    `rating` add the squared error between P(positive) - P(negative) and the rating (3-class
+    default labels only). The model is left in eval mode.
+    """
+    pad_id = tokenizer.token_to_id("[PAD]")
+    model.train()
+    for name, param in model.named_parameters():
+        param.requires_grad = name != FROZEN
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim > 1]
+    no_decay = [p for p in params if p.ndim <= 1]
+    optim = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=lr,
+    )
+    whole = int(epochs) + (1 if epochs % 1 else 0)
+    plan = [batches(examples, tokenizer, batch_size, rng) for _ in range(whole)]
+    total = int(sum(len(p) for p in plan) * (epochs / whole))
+    warmup = max(1, int(0.06 * total))
+
+    def lr_at(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(optim, lr_at)
+    print(f"training on {len(examples)} examples, {total} steps, {whole} epoch(s)", flush=True)
+    step, seen = 0, 0
+    for epoch_batches in plan:
+        for batch in epoch_batches:
+            if step >= total:
+                break
+            enc = tokenizer.encode_batch([e.text for e in batch])
+            width = max(len(e.ids) for e in enc)
+            ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, e in enumerate(enc):
+                ids[row, : len(e.ids)] = torch.tensor(e.ids)
+                mask[row, : len(e.ids)] = 1
+            labels = torch.tensor([e.label for e in batch])
+            out = model(input_ids=ids, attention_mask=mask, labels=labels)
+            loss = out.loss
+            rated = [i for i, e in enumerate(batch) if e.rating is not None]
+            if rated and rating_weight:
+                probs = out.logits[rated].softmax(-1)
+                target = torch.tensor([batch[i].rating for i in rated], dtype=probs.dtype)
+                loss = loss + rating_weight * ((probs[:, 2] - probs[:, 0] - target) ** 2).mean()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optim.step()
+            sched.step()
+            optim.zero_grad()
+            step += 1
+            seen += len(batch)
+            if progress is not None:
+                progress(step, total, float(loss.item()), seen)
+    model.eval()
+    return total
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("models/minilm-sentiment-checkpoint"))
@@ -105,10 +197,7 @@ def main(argv: list[str] | None = None) -> None:
     rng = random.Random(SEED)
 
     base = base_model_dir()
-    tokenizer = Tokenizer.from_file(str(base / "tokenizer.json"))
-    tokenizer.no_padding()
-    tokenizer.enable_truncation(max_length=TRAIN_MAX_TOKENS)
-    pad_id = tokenizer.token_to_id("[PAD]")
+    tokenizer = training_tokenizer(base / "tokenizer.json", TRAIN_MAX_TOKENS)
 
     examples = data.training_set()
     examples = sample(examples, "crowdflower", args.crowdflower_fraction, SEED + 1)
@@ -119,63 +208,17 @@ def main(argv: list[str] | None = None) -> None:
     if args.limit:
         examples = examples[: args.limit]
     model = from_base(base, data.LABELS)
-    model.train()
-    for name, param in model.named_parameters():
-        param.requires_grad = name != FROZEN
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.ndim > 1]
-    no_decay = [p for p in params if p.ndim <= 1]
-    optim = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=args.lr,
-    )
-    epochs = int(args.epochs) + (1 if args.epochs % 1 else 0)
-    plan = [batches(examples, tokenizer, args.batch_size, rng) for _ in range(epochs)]
-    total = int(sum(len(p) for p in plan) * (args.epochs / epochs))
-    warmup = max(1, int(0.06 * total))
+    started = time.monotonic()
 
-    def lr_at(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return max(0.0, (total - step) / max(1, total - warmup))
+    def report(step: int, total: int, loss: float, seen: int) -> None:
+        if step % 50 == 0 or step == total:
+            rate = seen / (time.monotonic() - started)
+            print(f"step {step}/{total} loss {loss:.4f} {rate:.1f} examples/s", flush=True)
 
-    sched = torch.optim.lr_scheduler.LambdaLR(optim, lr_at)
-    print(f"training on {len(examples)} examples, {total} steps, {epochs} epoch(s)", flush=True)
-    step, seen, started = 0, 0, time.monotonic()
-    for epoch_batches in plan:
-        for batch in epoch_batches:
-            if step >= total:
-                break
-            enc = tokenizer.encode_batch([e.text for e in batch])
-            width = max(len(e.ids) for e in enc)
-            ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, e in enumerate(enc):
-                ids[row, : len(e.ids)] = torch.tensor(e.ids)
-                mask[row, : len(e.ids)] = 1
-            labels = torch.tensor([e.label for e in batch])
-            out = model(input_ids=ids, attention_mask=mask, labels=labels)
-            loss = out.loss
-            rated = [i for i, e in enumerate(batch) if e.rating is not None]
-            if rated and args.rating_weight:
-                probs = out.logits[rated].softmax(-1)
-                target = torch.tensor([batch[i].rating for i in rated], dtype=probs.dtype)
-                loss = (
-                    loss + args.rating_weight * ((probs[:, 2] - probs[:, 0] - target) ** 2).mean()
-                )
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optim.step()
-            sched.step()
-            optim.zero_grad()
-            step += 1
-            seen += len(batch)
-            if step % 50 == 0 or step == total:
-                rate = seen / (time.monotonic() - started)
-                print(
-                    f"step {step}/{total} loss {loss.item():.4f} {rate:.1f} examples/s", flush=True
-                )
-    model.eval()
+    total = fit(
+        model, examples, tokenizer, epochs=args.epochs, lr=args.lr,
+        batch_size=args.batch_size, rng=rng, rating_weight=args.rating_weight, progress=report,
+    )  # fmt: skip
     save_trained(model, args.out)
     (args.out / "training.json").write_text(
         json.dumps(
