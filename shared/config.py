@@ -1,7 +1,8 @@
 """Typed settings, read once from the environment at start.
 
-Every setting is one environment variable, declared once in `FIELDS` with its default, parser and
-meaning; the README's configuration table is checked against this list by a test. A bad value
+Every setting is one environment variable, declared once as a `Settings` field by `setting(...)`
+with its default, parser and meaning; `FIELDS` and the README's configuration table (kept in sync by
+a test) are derived from that declaration. A bad value
 fails at start with the variable's name and the value. Secret values are wrapped in `Secret` so
 their repr is masked; a secret may also be a Vault reference (`vault:MOUNT/PATH#KEY`) that the
 Vault client resolves at start.
@@ -9,6 +10,7 @@ Vault client resolves at start.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -61,11 +63,14 @@ def _int(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
     return parse
 
 
-def _float(minimum: float) -> Callable[[str], float]:
+def _float(minimum: float, *, above: bool = False) -> Callable[[str], float]:
+    """A finite number >= `minimum` (> `minimum` with `above`); NaN and inf are refused."""
+
     def parse(raw: str) -> float:
         value = float(raw.strip())
-        if not value >= minimum:
-            raise ValueError(f"must be >= {minimum}")
+        ok = math.isfinite(value) and (value > minimum if above else value >= minimum)
+        if not ok:
+            raise ValueError(f"must be a finite number {'>' if above else '>='} {minimum}")
         return value
 
     return parse
@@ -112,174 +117,186 @@ class Var:
     secret: bool = False
 
 
-# One entry per Settings field, in the order of the README's configuration table.
-FIELDS: Mapping[str, Var] = {
-    "host": Var("HOST", "0.0.0.0", _str, "Address to bind."),
-    "port": Var("PORT", "8080", _int(1, 65535), "Port to listen on (Knative runtime contract)."),
-    "model_dir": Var(
+def setting(
+    env: str, default: str, parse: Callable[[str], Any], doc: str, *, secret: bool = False
+) -> Any:
+    """Declare one Settings field: the dataclass default is `parse(default)`, so the typed
+    default, the variable, its meaning and the README table all come from this one call."""
+    var = Var(env, default, parse, doc, secret)
+    return field(default=parse(default), metadata={"var": var})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting of a function, parsed and validated; one `setting(...)` per variable, in the
+    order of the README's configuration table."""
+
+    host: str = setting("HOST", "0.0.0.0", _str, "Address to bind.")
+    port: int = setting(
+        "PORT", "8080", _int(1, 65535), "Port to listen on (Knative runtime contract)."
+    )
+    model_dir: Path = setting(
         "MODEL_DIR", "models/minilm-sentiment-int8", _path, "Model directory to serve."
-    ),
-    "variant": Var("VARIANT", "cpu-int8", _str, "Variant name used in responses, logs, metrics."),
-    "providers": Var(
+    )
+    variant: str = setting(
+        "VARIANT", "cpu-int8", _str, "Variant name used in responses, logs, metrics."
+    )
+    providers: tuple[str, ...] = setting(
         "ORT_PROVIDERS",
         "CPUExecutionProvider",
         _csv,
         "ONNX Runtime execution providers in order of preference; unavailable ones are skipped.",
-    ),
-    "intra_op_threads": Var(
+    )
+    intra_op_threads: int = setting(
         "ORT_INTRA_OP_THREADS",
         "0",
         _int(0, 256),
         "ORT intra-op threads; 0 = the container's CPU quota (cgroup v2 or v1), "
         "else the CPU count.",
-    ),
-    "inter_op_threads": Var("ORT_INTER_OP_THREADS", "1", _int(1, 64), "ORT inter-op threads."),
-    "ort_spinning": Var(
+    )
+    inter_op_threads: int = setting(
+        "ORT_INTER_OP_THREADS", "1", _int(1, 64), "ORT inter-op threads."
+    )
+    ort_spinning: bool = setting(
         "ORT_ALLOW_SPINNING",
         "false",
         _bool,
         "Let idle ORT threads spin; off, they leave the CPU to the event loop (2-core pods).",
-    ),
-    "max_texts": Var("MAX_TEXTS", "256", _int(1), "Most texts accepted in one request or event."),
-    "max_text_chars": Var("MAX_TEXT_CHARS", "10000", _int(1), "Most characters in one text."),
-    "max_body_bytes": Var(
+    )
+    max_texts: int = setting(
+        "MAX_TEXTS", "256", _int(1), "Most texts accepted in one request or event."
+    )
+    max_text_chars: int = setting(
+        "MAX_TEXT_CHARS", "10000", _int(1), "Most characters in one text."
+    )
+    max_body_bytes: int = setting(
         "MAX_BODY_BYTES", "1048576", _int(256), "Largest request body, checked before parsing."
-    ),
-    "long_text": Var(
+    )
+    long_text: str = setting(
         "LONG_TEXT",
         "truncate",
         _choice("truncate", "chunk"),
         "Texts over the model's max tokens: `truncate` (flagged) or `chunk` (windows, averaged).",
-    ),
-    "chunk_overlap": Var(
+    )
+    chunk_overlap: int = setting(
         "CHUNK_OVERLAP_TOKENS", "32", _int(0), "Tokens shared by neighbouring chunk windows."
-    ),
-    "batching": Var("BATCHING", "true", _bool, "Coalesce concurrent requests into one ONNX run."),
-    "batch_max_size": Var("BATCH_MAX_SIZE", "32", _int(1, 4096), "Most texts in one ONNX run."),
-    "batch_max_wait_ms": Var(
+    )
+    batching: bool = setting(
+        "BATCHING", "true", _bool, "Coalesce concurrent requests into one ONNX run."
+    )
+    batch_max_size: int = setting(
+        "BATCH_MAX_SIZE", "32", _int(1, 4096), "Most texts in one ONNX run."
+    )
+    batch_max_wait_ms: float = setting(
         "BATCH_MAX_WAIT_MS",
         "2",
         _float(0.0),
         "Longest a text waits for company while a run is already busy; a lone text never waits.",
-    ),
-    "max_concurrency": Var(
+    )
+    max_concurrency: int = setting(
         "MAX_CONCURRENCY",
         "64",
         _int(1),
         "In-flight inference requests before 429; match Knative containerConcurrency.",
-    ),
-    "max_queued_texts": Var(
+    )
+    max_queued_texts: int = setting(
         "MAX_QUEUED_TEXTS", "4096", _int(1), "Texts waiting for inference before 429."
-    ),
-    "retry_after_s": Var("RETRY_AFTER_SECONDS", "1", _int(0), "Retry-After sent with 429/503."),
-    "shutdown_timeout_s": Var(
+    )
+    retry_after_s: int = setting(
+        "RETRY_AFTER_SECONDS", "1", _int(0), "Retry-After sent with 429/503."
+    )
+    shutdown_timeout_s: float = setting(
         "SHUTDOWN_TIMEOUT_SECONDS",
         "25",
-        _float(0.0),
-        "On SIGTERM, how long accepted work may take to finish.",
-    ),
-    "warmup": Var("WARMUP", "true", _bool, "Run a warm-up inference before reporting ready."),
-    "log_level": Var(
+        _float(0.0, above=True),
+        "On SIGTERM, the one deadline shared by every shutdown step (uvicorn drain, batch queue, "
+        "K_SINK flush, span flush); keep it below the pod's termination grace period.",
+    )
+    startup_timeout_s: float = setting(
+        "STARTUP_TIMEOUT_SECONDS",
+        "120",
+        _float(0.0, above=True),
+        "Longest start-up may take (Vault login and reads are retried with backoff); past it "
+        "liveness fails so Kubernetes restarts the pod.",
+    )
+    body_timeout_s: float = setting(
+        "BODY_TIMEOUT_SECONDS",
+        "30",
+        _float(0.0, above=True),
+        "Longest a client may take to send its request body before a 408 frees its slot.",
+    )
+    warmup: bool = setting(
+        "WARMUP", "true", _bool, "Run a warm-up inference before reporting ready."
+    )
+    log_level: str = setting(
         "LOG_LEVEL", "INFO", _choice("debug", "info", "warning", "error"), "Log level."
-    ),
-    "log_format": Var("LOG_FORMAT", "json", _choice("json", "text"), "Log line format."),
-    "api_keys": Var(
+    )
+    log_format: str = setting("LOG_FORMAT", "json", _choice("json", "text"), "Log line format.")
+    api_keys: Secret | None = setting(
         "API_KEYS",
         "",
         _secret,
         "Comma-separated API keys (or `vault:MOUNT/PATH#KEY`); empty = no authentication.",
         secret=True,
-    ),
-    "vault_addr": Var("VAULT_ADDR", "", _optional_str, "Vault/OpenBao address; empty = no Vault."),
-    "vault_auth": Var(
+    )
+    vault_addr: str | None = setting(
+        "VAULT_ADDR", "", _optional_str, "Vault/OpenBao address; empty = no Vault."
+    )
+    vault_auth: str = setting(
         "VAULT_AUTH_METHOD",
         "kubernetes",
         _choice("token", "kubernetes", "approle"),
         "How to log in to Vault.",
-    ),
-    "vault_token": Var("VAULT_TOKEN", "", _secret, "Token for `token` auth.", secret=True),
-    "vault_role": Var("VAULT_ROLE", "kubesentiment", _str, "Role for `kubernetes` auth."),
-    "vault_k8s_mount": Var(
+    )
+    vault_token: Secret | None = setting(
+        "VAULT_TOKEN", "", _secret, "Token for `token` auth.", secret=True
+    )
+    vault_role: str = setting("VAULT_ROLE", "kubesentiment", _str, "Role for `kubernetes` auth.")
+    vault_k8s_mount: str = setting(
         "VAULT_KUBERNETES_MOUNT", "kubernetes", _str, "Mount path of the Kubernetes auth method."
-    ),
-    "vault_k8s_token_path": Var(
+    )
+    vault_k8s_token_path: Path = setting(
         "VAULT_KUBERNETES_TOKEN_PATH",
         "/var/run/secrets/kubernetes.io/serviceaccount/token",
         _path,
         "Projected service-account token file.",
-    ),
-    "vault_approle_mount": Var("VAULT_APPROLE_MOUNT", "approle", _str, "AppRole mount path."),
-    "vault_role_id": Var("VAULT_ROLE_ID", "", _str, "AppRole role id."),
-    "vault_secret_id": Var("VAULT_SECRET_ID", "", _secret, "AppRole secret id.", secret=True),
-    "vault_timeout_s": Var("VAULT_TIMEOUT_SECONDS", "5", _float(0.1), "Vault request timeout."),
-    "k_sink": Var(
+    )
+    vault_approle_mount: str = setting(
+        "VAULT_APPROLE_MOUNT", "approle", _str, "AppRole mount path."
+    )
+    vault_role_id: str = setting("VAULT_ROLE_ID", "", _str, "AppRole role id.")
+    vault_secret_id: Secret | None = setting(
+        "VAULT_SECRET_ID", "", _secret, "AppRole secret id.", secret=True
+    )
+    vault_timeout_s: float = setting(
+        "VAULT_TIMEOUT_SECONDS", "5", _float(0.1), "Vault request timeout."
+    )
+    k_sink: str | None = setting(
         "K_SINK", "", _optional_str, "Where result events are also sent (set by SinkBinding)."
-    ),
-    "ce_source": Var(
+    )
+    sink_max_pending: int = setting(
+        "SINK_MAX_PENDING",
+        "1024",
+        _int(1),
+        "Result events waiting for K_SINK; beyond it CloudEvents get 503 + Retry-After.",
+    )
+    ce_source: str = setting(
         "CE_SOURCE", "", _str, "`source` of emitted CloudEvents; empty = /kubesentiment/VARIANT."
-    ),
-    "otel_endpoint": Var(
+    )
+    otel_endpoint: str | None = setting(
         "OTEL_EXPORTER_OTLP_ENDPOINT",
         "",
         _optional_str,
         "OTLP endpoint; tracing is off when it and OTEL_EXPORTER_OTLP_TRACES_ENDPOINT are empty.",
-    ),
-    "otel_traces_endpoint": Var(
+    )
+    otel_traces_endpoint: str | None = setting(
         "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "", _optional_str, "OTLP traces endpoint."
-    ),
-    "service_name": Var(
+    )
+    service_name: str = setting(
         "OTEL_SERVICE_NAME", "", _str, "Service name in traces; empty = K_SERVICE or kubesentiment."
-    ),
-    "k_service": Var("K_SERVICE", "", _str, "Knative Service name (set by Knative)."),
-    "k_revision": Var("K_REVISION", "", _str, "Knative Revision name (set by Knative)."),
-}
-
-
-@dataclass(frozen=True)
-class Settings:
-    """Every setting of a function, parsed and validated."""
-
-    host: str = "0.0.0.0"
-    port: int = 8080
-    model_dir: Path = Path("models/minilm-sentiment-int8")
-    variant: str = "cpu-int8"
-    providers: tuple[str, ...] = ("CPUExecutionProvider",)
-    intra_op_threads: int = 0
-    inter_op_threads: int = 1
-    ort_spinning: bool = False
-    max_texts: int = 256
-    max_text_chars: int = 10000
-    max_body_bytes: int = 1048576
-    long_text: str = "truncate"
-    chunk_overlap: int = 32
-    batching: bool = True
-    batch_max_size: int = 32
-    batch_max_wait_ms: float = 2.0
-    max_concurrency: int = 64
-    max_queued_texts: int = 4096
-    retry_after_s: int = 1
-    shutdown_timeout_s: float = 25.0
-    warmup: bool = True
-    log_level: str = "info"
-    log_format: str = "json"
-    api_keys: Secret | None = None
-    vault_addr: str | None = None
-    vault_auth: str = "kubernetes"
-    vault_token: Secret | None = None
-    vault_role: str = "kubesentiment"
-    vault_k8s_mount: str = "kubernetes"
-    vault_k8s_token_path: Path = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
-    vault_approle_mount: str = "approle"
-    vault_role_id: str = ""
-    vault_secret_id: Secret | None = None
-    vault_timeout_s: float = 5.0
-    k_sink: str | None = None
-    ce_source: str = ""
-    otel_endpoint: str | None = None
-    otel_traces_endpoint: str | None = None
-    service_name: str = ""
-    k_service: str = ""
-    k_revision: str = ""
+    )
+    k_service: str = setting("K_SERVICE", "", _str, "Knative Service name (set by Knative).")
+    k_revision: str = setting("K_REVISION", "", _str, "Knative Revision name (set by Knative).")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
@@ -325,3 +342,7 @@ class Settings:
     def tracing_enabled(self) -> bool:
         """True when a standard OTLP endpoint variable is set."""
         return bool(self.otel_endpoint or self.otel_traces_endpoint)
+
+
+# Field name -> how it is read, derived from the Settings declaration (README table, Vault refs).
+FIELDS: Mapping[str, Var] = {f.name: f.metadata["var"] for f in fields(Settings)}

@@ -113,3 +113,17 @@ class InternalError(ApiError):
 
     status = 500
     type = "internal_error"
+
+
+class RequestTimeout(ApiError):
+    """The client took longer than BODY_TIMEOUT_SECONDS to send its body (408)."""
+
+    status = 408
+    type = "request_timeout"
+
+
+class ClientDisconnected(ApiError):
+    """The client went away before its body arrived; nobody reads the answer (nginx's 499)."""
+
+    status = 499
+    type = "client_disconnected"

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from starlette.testclient import TestClient
 
-from functions.sentiment.app import begin_drain
+from functions.sentiment.lifecycle import begin_drain
 from tests.conftest import LiveServer
 
 # A large batch of medium texts keeps the inference thread busy for a while per request.

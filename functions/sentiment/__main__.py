@@ -28,7 +28,8 @@ def main() -> None:
     log_config = logs.config(settings.log_level, settings.log_format, settings.variant)
     logs.configure(settings.log_level, settings.log_format, settings.variant)
 
-    from functions.sentiment.app import begin_drain, create_app
+    from functions.sentiment.app import create_app
+    from functions.sentiment.lifecycle import begin_drain
 
     # Tracing is process-wide (one global TracerProvider); without an OTLP endpoint `setup`
     # returns None and imports nothing from the SDK.

@@ -19,8 +19,8 @@ is 503, both with Retry-After, both retried by the Broker.
 
 from __future__ import annotations
 
-import json
 import logging
+import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -35,8 +35,18 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from functions.sentiment import openapi
-from functions.sentiment.app import AppState, app_state, classify, prediction_json
-from functions.sentiment.inputs import LONG_TEXT_MODES, Item, ItemError, parse_items, read_body
+from functions.sentiment.core import AppState, classify, inference, prediction_json
+from functions.sentiment.inputs import (
+    BAD_CHARS,
+    LONG_TEXT_MODES,
+    Item,
+    ItemError,
+    decode_json,
+    is_json,
+    parse_items,
+    read_body,
+    shown,
+)
 from functions.sentiment.model import Prediction
 from functions.sentiment.sink import EventSink
 from shared.errors import ApiError, InvalidEvent, UnsupportedEventType
@@ -51,6 +61,8 @@ REQUEST_ID_EXTENSION = "requestid"
 SPECVERSION = "1.0"
 REQUIRED_ATTRIBUTES = ("id", "source", "specversion", "type")
 STRUCTURED_JSON = "application/cloudevents+json"
+MAX_ATTRIBUTE_CHARS = 1024
+_ATTRIBUTE_NAME = re.compile("[a-z0-9]{1,20}")
 _FORMAT = JSONFormat()
 
 
@@ -60,6 +72,18 @@ def _strict_v1(attributes: dict[str, Any], data: dict[str, Any] | str | bytes | 
     missing = [a for a in REQUIRED_ATTRIBUTES if not attributes.get(a)]
     if missing:
         raise InvalidEvent(f"the event lacks required attribute(s): {', '.join(missing)}")
+    for name, value in attributes.items():
+        # CloudEvents 1.0: names are 1-20 lowercase letters or digits; a String holds no control
+        # characters or surrogates. Values are bounded so none is absurd to log or echo.
+        if not isinstance(name, str) or not _ATTRIBUTE_NAME.fullmatch(name):
+            raise InvalidEvent(f"attribute name {shown(name)} is not 1-20 lowercase letters/digits")
+        if isinstance(value, str):
+            if len(value) > MAX_ATTRIBUTE_CHARS:
+                raise InvalidEvent(
+                    f"attribute {name} has {len(value)} characters, more than {MAX_ATTRIBUTE_CHARS}"
+                )
+            if BAD_CHARS.search(value):
+                raise InvalidEvent(f"attribute {name} holds a control character or a surrogate")
     if attributes["specversion"] != SPECVERSION:
         raise InvalidEvent(f"specversion must be {SPECVERSION}, got {attributes['specversion']!r}")
     return CloudEvent(attributes, data)
@@ -79,6 +103,13 @@ def parse_event(headers: Mapping[str, str], body: bytes) -> tuple[BaseCloudEvent
             "not a CloudEvent: send ce-* headers (binary mode) or "
             f"Content-Type: {STRUCTURED_JSON} (structured mode)"
         )
+    # The SDK decodes JSON itself, without our limits (depth, NaN, UTF-8, surrogates): the body
+    # passes the one hardened decoder first, so the SDK only ever sees well-formed JSON.
+    if structured or is_json(content_type):
+        try:
+            decode_json(body, "the event" if structured else "the event data")
+        except ApiError as e:
+            raise InvalidEvent(e.message) from None
     message = ce_http.HTTPMessage(headers=dict(headers), body=body)
     try:
         if structured:
@@ -87,8 +118,8 @@ def parse_event(headers: Mapping[str, str], body: bytes) -> tuple[BaseCloudEvent
             event = ce_http.from_binary(message, _FORMAT, _strict_v1)
     except ApiError:
         raise
-    except (BaseCloudEventException, ValueError, TypeError, AttributeError) as e:
-        raise InvalidEvent(f"malformed CloudEvent: {e}") from e
+    except (BaseCloudEventException, ValueError, TypeError, AttributeError, KeyError) as e:
+        raise InvalidEvent(f"malformed CloudEvent: {shown(str(e), 200)}") from e
     return event, structured
 
 
@@ -100,16 +131,18 @@ def parse_data(
     Items that are not usable texts (empty, too long, not a string) come back as ItemError so the
     rest of the event is still answered.
     """
-    if isinstance(data, bytes | str):
+    if isinstance(data, str):
+        data = data.encode("utf-8", "surrogatepass")
+    if isinstance(data, bytes):
         try:
-            data = json.loads(data)
-        except ValueError:
-            raise InvalidEvent("the event data is not JSON") from None
+            data = decode_json(data, "the event data")
+        except ApiError as e:
+            raise InvalidEvent(e.message) from None
     if not isinstance(data, Mapping):
         raise InvalidEvent("the event data must be a JSON object with 'texts' or 'items'")
     unknown = set(data) - {"texts", "items", "long_text"}
     if unknown:
-        raise InvalidEvent(f"unknown field(s) in the event data: {', '.join(sorted(unknown))}")
+        raise InvalidEvent(f"unknown field(s) in the event data: {shown(sorted(unknown), 120)}")
     if ("texts" in data) == ("items" in data):
         raise InvalidEvent("the event data needs exactly one of 'texts' or 'items'")
     long_text = data.get("long_text")
@@ -145,8 +178,7 @@ async def answer(state: AppState, event: BaseCloudEvent) -> CloudEvent:
     results: list[dict[str, Any]] = []
     predictions: Iterator[Prediction] = iter(())
     if good:
-        async with state.admit():
-            predictions = iter(await classify(state, [i.text for i in good], long_text=long_text))
+        predictions = iter(await classify(state, [i.text for i in good], long_text=long_text))
     for entry in items:
         if isinstance(entry, Item):
             results.append(prediction_json(next(predictions), entry.id, state))
@@ -162,11 +194,11 @@ async def answer(state: AppState, event: BaseCloudEvent) -> CloudEvent:
     return CloudEvent(attributes, {"results": results})
 
 
-async def receive(request: Request) -> Response:
+@inference
+async def receive(request: Request, state: AppState) -> Response:
     """POST /: a CloudEvent in, its reply CloudEvent out (same content mode)."""
-    state = app_state(request)
-    state.require_ready()
-    body = await read_body(request, state.settings.max_body_bytes)
+    s = state.settings
+    body = await read_body(request, s.max_body_bytes, s.body_timeout_s)
     event, structured = parse_event(request.headers, body)
     # CloudEvents distributed-tracing extension: the event's own `traceparent` (set by the
     # producer, kept through the Broker) parents the span; without one, the HTTP server span does.

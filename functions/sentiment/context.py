@@ -1,20 +1,25 @@
-"""Per-request context as one pure ASGI middleware: request id, timing headers and HTTP metrics.
+"""Per-request context as one pure ASGI middleware: request id, timing headers, HTTP metrics and
+the one path for unexpected errors.
 
 A pure ASGI middleware (not BaseHTTPMiddleware) keeps the per-request overhead to a few
 microseconds. It sets the request id context variable (echoing a sane `X-Request-ID`, else a new
 one), adds `X-Request-ID` and `Server-Timing` (tokenize, queue, inference, total) to the response,
 and records request count, duration and in-flight gauge labelled by route template, never by raw
-path.
+path. An exception that escapes the app is answered here, still inside the request's context, by
+the injected `on_error` (a 500 in the route's error shape, logged once with the request id).
 """
 
 from __future__ import annotations
 
 import contextvars
+import logging
 import re
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.logs import request_id_var
@@ -23,6 +28,8 @@ from shared.metrics import Metrics, status_class
 timings: contextvars.ContextVar[dict[str, float] | None] = contextvars.ContextVar(
     "timings", default=None
 )
+log = logging.getLogger("kubesentiment.app")
+ErrorResponder = Callable[[Scope, BaseException], Response]
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 
@@ -38,10 +45,13 @@ def route_template(scope: Scope) -> str:
 class RequestContext:
     """Request id, Server-Timing and HTTP metrics for every HTTP request."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics, variant: str) -> None:
+    def __init__(
+        self, app: ASGIApp, metrics: Metrics, variant: str, on_error: ErrorResponder
+    ) -> None:
         self.app = app
         self.metrics = metrics
         self.variant = variant
+        self.on_error = on_error
         self.in_flight = metrics.in_flight.labels(variant)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -59,12 +69,13 @@ class RequestContext:
         t_token = timings.set(stages)
         started = time.perf_counter()
         status = 500
+        started_response = False
         self.in_flight.inc()
 
         async def send_wrapper(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started_response
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, started_response = message["status"], True
                 total = time.perf_counter() - started
                 parts = [f"{k};dur={v * 1000:.3f}" for k, v in stages.items()]
                 parts.append(f"total;dur={total * 1000:.3f}")
@@ -76,6 +87,12 @@ class RequestContext:
 
         try:
             await self.app(scope, receive, send_wrapper)
+        except Exception as exc:
+            if started_response:
+                # Too late for a 500: log once; uvicorn closes the half-sent response.
+                log.error("error after the response started", exc_info=exc)
+            else:
+                await self.on_error(scope, exc)(scope, receive, send_wrapper)
         finally:
             self.in_flight.dec()
             route = route_template(scope)

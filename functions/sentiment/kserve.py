@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.requests import Request
@@ -29,8 +28,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from functions.sentiment import openapi
-from functions.sentiment.app import AppState, app_state, classify
-from functions.sentiment.context import route_template
+from functions.sentiment.core import AppState, app_state, classify, inference
 from functions.sentiment.inputs import LONG_TEXT_MODES, check_text, read_body
 from functions.sentiment.model import Classifier
 from shared.errors import ApiError, InvalidJson, NotFound
@@ -40,34 +38,12 @@ SERVER_VERSION = "0.1.0"
 OUTPUT_NAMES = ("label", "score", "probabilities")
 HEADER_LENGTH = "inference-header-content-length"
 
-Handler = Callable[[Request], Awaitable[Response]]
-
 
 class BadRequest(ApiError):
     """An inference request that does not fit the protocol (400)."""
 
     status = 400
     type = "invalid_input"
-
-
-def _v2(handler: Handler) -> Handler:
-    """Answer ApiErrors in the protocol's `{"error": "..."}` shape, still counted in metrics."""
-
-    async def wrapped(request: Request) -> Response:
-        try:
-            return await handler(request)
-        except ApiError as e:
-            state = app_state(request)
-            variant = state.settings.variant
-            route = route_template(request.scope)
-            state.metrics.errors.labels(route, e.type, variant).inc()
-            if e.status in (429, 503):
-                reason = "overloaded" if e.status == 429 else "not_ready"
-                state.metrics.rejected.labels(route, reason, variant).inc()
-            return JSONResponse({"error": e.message}, status_code=e.status, headers=e.headers)
-
-    wrapped.__doc__ = handler.__doc__
-    return wrapped
 
 
 def _model(state: AppState, name: str) -> Classifier:
@@ -219,12 +195,12 @@ def _wanted(payload: dict[str, Any], available: list[str]) -> list[str]:
     return names
 
 
-async def infer(request: Request) -> Response:
+@inference
+async def infer(request: Request, state: AppState) -> Response:
     """POST /v2/models/{name}/infer: classify a BYTES tensor of texts."""
-    state = app_state(request)
     classifier = _model(state, request.path_params["name"])
     s = state.settings
-    body = await read_body(request, s.max_body_bytes)
+    body = await read_body(request, s.max_body_bytes, s.body_timeout_s)
     payload, tail = split_body(body, request.headers.get(HEADER_LENGTH))
     texts = _texts(payload, tail, max_texts=s.max_texts, max_chars=s.max_text_chars)
     params = payload.get("parameters") or {}
@@ -233,8 +209,7 @@ async def infer(request: Request) -> Response:
         raise BadRequest(f"parameters.long_text must be one of {', '.join(LONG_TEXT_MODES)}")
     available = [n for n in OUTPUT_NAMES if n != "score" or classifier.has_score]
     wanted = _wanted(payload, available)
-    async with state.admit():
-        predictions = await classify(state, texts, long_text=long_text)
+    predictions = await classify(state, texts, long_text=long_text)
     n, labels = len(predictions), list(classifier.labels)
     tensors: dict[str, dict[str, Any]] = {
         "label": {"datatype": "BYTES", "shape": [n], "data": [p.label for p in predictions]},
@@ -260,12 +235,12 @@ async def infer(request: Request) -> Response:
 def routes() -> list[BaseRoute]:
     """The Open Inference Protocol routes."""
     return [
-        Route("/v2", _v2(server_metadata), methods=["GET"]),
-        Route("/v2/health/live", _v2(server_live), methods=["GET"]),
-        Route("/v2/health/ready", _v2(server_ready), methods=["GET"]),
-        Route("/v2/models/{name}", _v2(model_metadata), methods=["GET"]),
-        Route("/v2/models/{name}/ready", _v2(model_ready), methods=["GET"]),
-        Route("/v2/models/{name}/infer", _v2(infer), methods=["POST"]),
+        Route("/v2", server_metadata, methods=["GET"]),
+        Route("/v2/health/live", server_live, methods=["GET"]),
+        Route("/v2/health/ready", server_ready, methods=["GET"]),
+        Route("/v2/models/{name}", model_metadata, methods=["GET"]),
+        Route("/v2/models/{name}/ready", model_ready, methods=["GET"]),
+        Route("/v2/models/{name}/infer", infer, methods=["POST"]),
     ]
 
 

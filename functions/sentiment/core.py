@@ -1,0 +1,218 @@
+"""The request core shared by the three protocols: state, admission, classify, error mapping.
+
+The JSON (`/predict`), CloudEvents (`POST /`) and KServe v2 (`/v2/...`) adapters parse their own
+bodies and shape their own answers; everything between is here, once: readiness and admission
+(503/429 decided before a body is read), tokenization and the batcher, the prediction's JSON shape,
+and the mapping of an error to its status, body shape, headers and metrics. Dependencies point one
+way: adapters -> core -> model/batching/context; nothing here imports an adapter or the app.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from opentelemetry import trace
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.types import Scope
+
+from functions.sentiment.batching import Batcher, Outcome
+from functions.sentiment.context import route_template, timings
+from functions.sentiment.model import Classifier, Prediction
+from shared.config import Settings
+from shared.errors import ApiError, InternalError, NotReady, Overloaded
+from shared.logs import request_id_var
+from shared.metrics import Metrics
+from shared.process import process_start_time
+
+log = logging.getLogger("kubesentiment.app")
+tracer = trace.get_tracer("kubesentiment")
+PROCESS_START = process_start_time()
+# Inputs up to this many characters are tokenized on the event loop (well under 0.3 ms).
+INLINE_TOKENIZE_CHARS = 512
+# Routes under this prefix speak the Open Inference Protocol, whose error body is {"error": "..."}.
+V2_PREFIX = "/v2"
+
+
+@dataclass
+class AppState:
+    """Everything a request handler needs, built once by the lifespan."""
+
+    settings: Settings
+    metrics: Metrics
+    started_at: float = PROCESS_START
+    classifier: Classifier | None = None
+    batcher: Batcher | None = None
+    ready: bool = False
+    draining: bool = False
+    not_ready_reason: str = "the model is loading"
+    in_flight: int = 0
+    extras: dict[str, Any] = field(default_factory=dict)
+    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+    @property
+    def accepting(self) -> bool:
+        """Ready for new work: model loaded and warmed up, secrets read, not draining."""
+        return self.ready and not self.draining
+
+    def require_ready(self) -> tuple[Classifier, Batcher]:
+        """The model and batcher, or NotReady (503 with Retry-After)."""
+        if self.draining:
+            raise NotReady("the function is shutting down", headers=self.retry_after)
+        if not self.ready or self.classifier is None or self.batcher is None:
+            raise NotReady(f"not ready: {self.not_ready_reason}", headers=self.retry_after)
+        return self.classifier, self.batcher
+
+    @property
+    def retry_after(self) -> dict[str, str]:
+        """Retry-After header for 429/503 answers."""
+        return {"Retry-After": str(self.settings.retry_after_s)}
+
+    @asynccontextmanager
+    async def admit(self) -> AsyncIterator[None]:
+        """Count an inference request in flight, refusing it beyond MAX_CONCURRENCY (429)."""
+        if self.in_flight >= self.settings.max_concurrency:
+            raise Overloaded(
+                f"more than {self.settings.max_concurrency} requests in flight; retry shortly",
+                headers=self.retry_after,
+            )
+        self.in_flight += 1
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+
+
+def app_state(request: Request) -> AppState:
+    """The typed state of the app serving this request."""
+    state: AppState = request.app.state.kubesentiment
+    return state
+
+
+Adapter = Callable[[Request, AppState], Awaitable[Response]]
+
+
+def inference(adapter: Adapter) -> Callable[[Request], Awaitable[Response]]:
+    """An inference endpoint: readiness (503) and admission (429) are decided before the adapter
+    reads a byte of the body, so a refused request costs no body read or parse."""
+
+    async def endpoint(request: Request) -> Response:
+        state = app_state(request)
+        state.require_ready()
+        async with state.admit():
+            return await adapter(request, state)
+
+    endpoint.__doc__ = adapter.__doc__
+    endpoint.__name__ = adapter.__name__
+    return endpoint
+
+
+async def classify(
+    state: AppState, texts: list[str], *, long_text: str | None = None
+) -> list[Prediction]:
+    """Tokenize (long inputs off the event loop), run through the batcher, record metrics/spans."""
+    # Only an endpoint's entry refuses work while draining: a request it already accepted (body
+    # read, maybe queued) still completes after SIGTERM (Knative runtime contract).
+    classifier, batcher = state.classifier, state.batcher
+    if classifier is None or batcher is None:
+        raise NotReady(f"not ready: {state.not_ready_reason}", headers=state.retry_after)
+    chunk = (long_text or state.settings.long_text) == "chunk"
+    variant = state.settings.variant
+    m = state.metrics
+    with tracer.start_as_current_span("tokenize") as span, batcher.expecting(len(texts)):
+        t0 = time.perf_counter()
+        if sum(len(t) for t in texts) <= INLINE_TOKENIZE_CHARS:
+            # A short input tokenizes in ~20 us, less than a hop to a worker thread and back
+            # (plus the GIL hand-offs that hop costs under load): it stays on the loop.
+            encoded = classifier.encode(texts, chunk=chunk)
+        else:
+            encoded = await run_in_threadpool(classifier.encode, texts, chunk=chunk)
+        tokenize_s = time.perf_counter() - t0
+        span.set_attribute("kubesentiment.texts", len(texts))
+    m.tokenization_duration.labels(variant).observe(tokenize_s)
+    outcome = await batcher.submit([e.windows for e in encoded])
+    _record_spans(outcome)
+    predictions = [
+        classifier.combine(e, p) for e, p in zip(encoded, outcome.probabilities, strict=True)
+    ]
+    t = timings.get()
+    if t is not None:
+        t["tokenize"] = t.get("tokenize", 0.0) + tokenize_s
+        t["queue"] = t.get("queue", 0.0) + outcome.queue_seconds
+        t["inference"] = t.get("inference", 0.0) + outcome.inference_seconds
+    for p in predictions:
+        m.tokens_per_text.labels(variant).observe(p.tokens)
+        m.predictions.labels(p.label, variant).inc()
+        if p.truncated:
+            m.truncated.labels(variant).inc()
+    return predictions
+
+
+def _record_spans(outcome: Outcome) -> None:
+    # The ONNX run happens on the inference thread and may serve several requests, so each
+    # request records its own queue-wait and inference spans from the run's timestamps.
+    if not trace.get_current_span().get_span_context().is_valid:
+        return
+    wait = tracer.start_span("batch_queue_wait", start_time=outcome.enqueued_ns)
+    wait.end(end_time=max(outcome.enqueued_ns, outcome.started_ns))
+    run = tracer.start_span(
+        "inference",
+        start_time=outcome.started_ns,
+        attributes={"kubesentiment.batch_size": outcome.batch_size},
+    )
+    run.end(end_time=outcome.ended_ns)
+
+
+def prediction_json(p: Prediction, item_id: Any, state: AppState) -> dict[str, Any]:
+    """The JSON object for one prediction."""
+    out: dict[str, Any] = {}
+    if item_id is not None:
+        out["id"] = item_id
+    assert state.classifier is not None
+    out.update(
+        label=p.label,
+        score=p.score,
+        probabilities=p.probabilities,
+        truncated=p.truncated,
+        model=state.classifier.manifest.name,
+        variant=state.settings.variant,
+    )
+    return out
+
+
+def error_body(template: str, error: ApiError, request_id: str | None) -> dict[str, Any]:
+    """The error body in the shape of the route's protocol: v2 clients parse {"error": "..."}."""
+    if template == V2_PREFIX or template.startswith(V2_PREFIX + "/"):
+        return {"error": error.message}
+    return error.body(request_id)
+
+
+def error_response(state: AppState, scope: Scope, error: ApiError) -> Response:
+    """The one mapping of an error to status, body, headers and metrics, for every route."""
+    template = route_template(scope)
+    variant = state.settings.variant
+    state.metrics.errors.labels(template, error.type, variant).inc()
+    if error.status in (429, 503):
+        reason = (
+            "overloaded"
+            if error.status == 429
+            else ("shutting_down" if state.draining else "not_ready")
+        )
+        state.metrics.rejected.labels(template, reason, variant).inc()
+    return JSONResponse(
+        error_body(template, error, request_id_var.get()),
+        status_code=error.status,
+        headers=error.headers,
+    )
+
+
+def unexpected_response(state: AppState, scope: Scope, exc: BaseException) -> Response:
+    """A bug: one log line with the traceback and the request id, a 500 without either."""
+    log.error("unexpected error", exc_info=(type(exc), exc, exc.__traceback__))
+    return error_response(state, scope, InternalError("internal error; see the function's logs"))

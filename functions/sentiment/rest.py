@@ -1,0 +1,90 @@
+"""The JSON adapter: `POST /predict`, health probes, `GET /model` and `GET /openapi.json`."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from functions.sentiment import openapi
+from functions.sentiment.core import (
+    AppState,
+    app_state,
+    classify,
+    inference,
+    prediction_json,
+)
+from functions.sentiment.inputs import parse_predict, read_json
+from shared.errors import NotReady
+from shared.logs import request_id_var
+
+
+@inference
+async def predict(request: Request, state: AppState) -> Response:
+    """POST /predict: one text or a batch of texts."""
+    s = state.settings
+    data = await read_json(request, s.max_body_bytes, s.body_timeout_s)
+    parsed = parse_predict(data, max_texts=s.max_texts, max_chars=s.max_text_chars)
+    predictions = await classify(state, [i.text for i in parsed.items], long_text=parsed.long_text)
+    results = [
+        prediction_json(p, item.id, state)
+        for p, item in zip(predictions, parsed.items, strict=True)
+    ]
+    if parsed.single:
+        return JSONResponse(results[0])
+    return JSONResponse({"results": results})
+
+
+async def liveness(request: Request) -> Response:
+    """GET /health/liveness: the process is up and its event loop answers."""
+    return JSONResponse({"status": "alive"})
+
+
+async def readiness(request: Request) -> Response:
+    """GET /health/readiness: 200 only when the model is loaded, warmed up and not draining."""
+    state = app_state(request)
+    if state.accepting:
+        return JSONResponse({"status": "ready", "variant": state.settings.variant})
+    reason = "shutting down" if state.draining else state.not_ready_reason
+    # A probe's answer, not a refused request: not counted as an error or a rejection.
+    return JSONResponse(
+        NotReady(f"not ready: {reason}").body(request_id_var.get()),
+        status_code=503,
+        headers=state.retry_after,
+    )
+
+
+async def model_info(request: Request) -> Response:
+    """GET /model: what is served and how."""
+    state = app_state(request)
+    classifier, _ = state.require_ready()
+    s = state.settings
+    info = classifier.describe()
+    info.update(
+        variant=s.variant,
+        inter_op_threads=s.inter_op_threads,
+        batching={
+            "enabled": s.batching,
+            "max_size": s.batch_max_size,
+            "max_wait_ms": s.batch_max_wait_ms,
+        },
+        long_text=s.long_text,
+        max_concurrency=s.max_concurrency,
+    )
+    return JSONResponse(info)
+
+
+async def openapi_json(request: Request) -> Response:
+    """GET /openapi.json: the OpenAPI 3.1 description of every route."""
+    return JSONResponse(openapi.document(app_state(request).settings))
+
+
+def routes() -> list[BaseRoute]:
+    """The JSON routes."""
+    return [
+        Route("/predict", predict, methods=["POST"]),
+        Route("/health/liveness", liveness, methods=["GET"]),
+        Route("/health/readiness", readiness, methods=["GET"]),
+        Route("/model", model_info, methods=["GET"]),
+        Route("/openapi.json", openapi_json, methods=["GET"]),
+    ]
