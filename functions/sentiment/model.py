@@ -93,6 +93,12 @@ class Classifier:
         lower = [label.lower() for label in self.labels]
         self._pos = lower.index("positive") if "positive" in lower else None
         self._neg = lower.index("negative") if "negative" in lower else None
+        # A fine-tuned model may declare the score as weights over its labels (`make finetune`:
+        # star ratings -> expected rating on [-1, 1]); otherwise P(positive) - P(negative).
+        weights = manifest.extra.get("score_weights")
+        self._weights = None if weights is None else np.asarray(weights, dtype=np.float64)
+        if self._weights is not None and self._weights.shape != (len(self.labels),):
+            raise modeldir.ModelDirError("invalid manifest: 'score_weights' needs one per label")
         self._input_names = {i.name for i in session.get_inputs()}
         self._prob_index = [o.name for o in session.get_outputs()].index("probabilities")
 
@@ -126,8 +132,8 @@ class Classifier:
 
     @property
     def has_score(self) -> bool:
-        """True when the labels include negative and positive, so `score` can be computed."""
-        return self._pos is not None and self._neg is not None
+        """True when `score` can be computed: score weights, or negative and positive labels."""
+        return self._weights is not None or (self._pos is not None and self._neg is not None)
 
     @property
     def providers(self) -> list[str]:
@@ -168,7 +174,9 @@ class Classifier:
             row = probs[0]
         best = int(np.argmax(row))
         score = None
-        if self._pos is not None and self._neg is not None:  # i.e. has_score
+        if self._weights is not None:
+            score = round(float(np.dot(self._weights, row)), 6)
+        elif self._pos is not None and self._neg is not None:
             score = round(float(row[self._pos] - row[self._neg]), 6)
         return Prediction(
             label=self.labels[best],
