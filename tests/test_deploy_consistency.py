@@ -224,11 +224,12 @@ def test_gpu_variant_requests_a_gpu_with_cpu_fallback() -> None:
 def test_triggers_route_every_variant_and_results_without_loops() -> None:
     docs = base_documents()
     services = {d["metadata"]["name"] for d in docs if d["kind"] == "Service"}
+    sinks = services | {d["metadata"]["name"] for d in docs if d["kind"] == "JobSink"}
     triggers = [d for d in docs if d["kind"] == "Trigger"]
     routed: dict[str, str] = {}
     for trigger in triggers:
         spec = trigger["spec"]
-        assert spec["subscriber"]["ref"]["name"] in services
+        assert spec["subscriber"]["ref"]["name"] in sinks
         assert spec["delivery"]["deadLetterSink"]["ref"]["name"] in services
         assert spec["delivery"]["backoffPolicy"] == "exponential"
         attributes = spec.get("filter", {}).get("attributes", {})

@@ -1,10 +1,10 @@
-"""Render every kustomize overlay and validate every document strictly.
+"""Render every kustomize overlay and validate every document strictly (tests/schemas.py).
 
-Knative kinds are validated against the official CRD schemas in `../shared/knative/crds`, with
-every object schema that lists `properties` (and is not `x-kubernetes-preserve-unknown-fields`)
-closed with `additionalProperties: false`: the API server would prune an unknown field silently,
-so a typo like `containerConcurency` must fail here, the way `kubectl --validate=strict` does.
-Core kinds are validated with kubernetes-validate in strict mode.
+Knative and Prometheus-operator kinds are validated against the registry models (PyPI, so a
+fresh clone and GitHub CI check them too) and, when `../shared/knative/crds` is beside the
+checkout, against the official Knative CRDs as well; core kinds with kubernetes-validate. Unknown
+fields are errors: the API server would prune a typo like `containerConcurency` silently. A kind
+that no source knows fails the test; nothing here is skipped.
 """
 
 from __future__ import annotations
@@ -13,33 +13,21 @@ import copy
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 from typing import Any
 
-import jsonschema
-import kubernetes_validate
 import pytest
 import yaml
 
+from tests import schemas
+
 ROOT = Path(__file__).resolve().parent.parent
 KNATIVE = ROOT / "knative"
-SHARED_KNATIVE = ROOT.parent / "shared" / "knative"
-CRDS = SHARED_KNATIVE / "crds"
 OVERLAYS = ["base", "overlays/dev", "overlays/staging", "overlays/prod"]
-KUBE_VERSION = "1.33.0"
-ROOT_FIELDS: Mapping[str, Any] = {
-    "apiVersion": {"type": "string"},
-    "kind": {"type": "string"},
-    "metadata": {"type": "object"},
-}
-
-needs_crds = pytest.mark.skipif(
-    not CRDS.is_dir(),
-    reason="../shared/knative/crds (official Knative CRDs) is not beside this checkout: "
-    "Knative manifests cannot be validated",
-)
+# Every kustomization whose output is applied to a cluster, relative to the repository.
+TARGETS = [f"knative/{o}" for o in OVERLAYS] + ["observability/kubernetes"]
 
 
 def kubectl() -> str:
@@ -53,10 +41,10 @@ def kubectl() -> str:
 
 
 @cache
-def render(target: str) -> tuple[dict[str, Any], ...]:
-    """`kubectl kustomize knative/TARGET`, parsed into documents."""
+def render_path(target: str) -> tuple[dict[str, Any], ...]:
+    """`kubectl kustomize TARGET` (relative to the repository), parsed into documents."""
     done = subprocess.run(
-        [kubectl(), "kustomize", str(KNATIVE / target)],
+        [kubectl(), "kustomize", str(ROOT / target)],
         capture_output=True,
         text=True,
         check=False,
@@ -66,100 +54,82 @@ def render(target: str) -> tuple[dict[str, Any], ...]:
     return tuple(d for d in yaml.safe_load_all(done.stdout) if d)
 
 
-def close_schema(schema: Any, *, pedantic: bool = False) -> Any:
-    """A copy of an OpenAPI v3 schema in which objects with listed properties allow no others.
-
-    Objects marked `x-kubernetes-preserve-unknown-fields` stay open (the API server keeps unknown
-    fields there), unless `pedantic`: then they too allow only the properties they list.
-    """
-    if not isinstance(schema, dict):
-        return schema
-    out = dict(schema)
-    if isinstance(schema.get("properties"), dict):
-        out["properties"] = {
-            k: close_schema(v, pedantic=pedantic) for k, v in schema["properties"].items()
-        }
-        preserve = schema.get("x-kubernetes-preserve-unknown-fields") and not pedantic
-        if "additionalProperties" not in schema and not preserve:
-            out["additionalProperties"] = False
-    if isinstance(schema.get("additionalProperties"), dict):
-        out["additionalProperties"] = close_schema(
-            schema["additionalProperties"], pedantic=pedantic
-        )
-    if isinstance(schema.get("items"), dict):
-        out["items"] = close_schema(schema["items"], pedantic=pedantic)
-    for key in ("allOf", "anyOf", "oneOf"):
-        if isinstance(schema.get(key), list):
-            out[key] = [close_schema(s, pedantic=pedantic) for s in schema[key]]
-    return out
+def render(overlay: str) -> tuple[dict[str, Any], ...]:
+    """The documents of one Knative overlay (`base`, `overlays/dev`, ...)."""
+    return render_path(f"knative/{overlay}")
 
 
-@cache
-def crd_schemas(pedantic: bool = False) -> Mapping[tuple[str, str], dict[str, Any]]:
-    """(apiVersion, kind) -> strict schema, for every served version of every Knative CRD."""
-    schemas: dict[tuple[str, str], dict[str, Any]] = {}
-    for path in sorted(CRDS.rglob("*.yaml")):
-        for crd in yaml.safe_load_all(path.read_text(encoding="utf-8")):
-            if not crd or crd.get("kind") != "CustomResourceDefinition":
-                continue
-            group, kind = crd["spec"]["group"], crd["spec"]["names"]["kind"]
-            for version in crd["spec"]["versions"]:
-                if version.get("served", True):
-                    schema = close_schema(version["schema"]["openAPIV3Schema"], pedantic=pedantic)
-                    # The API server accepts these at the root of every object, whether or not
-                    # the CRD lists them (the eventing CRDs do not).
-                    schema["properties"] = {**ROOT_FIELDS, **schema.get("properties", {})}
-                    schemas[(f"{group}/{version['name']}", kind)] = schema
-    return schemas
-
-
-def validate(doc: Mapping[str, Any], *, pedantic: bool = False) -> list[str]:
-    """Every schema error of one document (empty when valid)."""
-    api, kind = doc.get("apiVersion", ""), doc.get("kind", "")
-    name = (doc.get("metadata") or {}).get("name", "?")
-    if "knative.dev" in api:
-        schema = crd_schemas(pedantic).get((api, kind))
-        if schema is None:
-            return [f"{kind} {name}: no CRD schema for {api}"]
-        validator = jsonschema.Draft7Validator(schema)
-        return [
-            f"{kind} {name}: {'/'.join(map(str, e.absolute_path))}: {e.message}"
-            for e in validator.iter_errors(doc)
-        ]
-    try:
-        kubernetes_validate.validate(dict(doc), KUBE_VERSION, strict=True)
-    except kubernetes_validate.SchemaNotFoundError:
-        return [f"{kind} {name}: kubernetes-validate has no schema for {api}: not validated"]
-    except kubernetes_validate.ValidationError as e:
-        return [f"{kind} {name}: {'/'.join(map(str, e.absolute_path))}: {e.message}"]
-    return []
-
-
-def documents() -> Iterator[Any]:
-    for target in OVERLAYS:
+def targets() -> Iterator[Any]:
+    for target in TARGETS:
         yield pytest.param(target, id=target)
 
 
-@needs_crds
-@pytest.mark.parametrize("target", list(documents()))
+def test_the_registry_schema_source_is_installed() -> None:
+    # A fresh clone gets these from requirements/dev.txt; without them nothing Knative is checked.
+    known = schemas.registry_schemas()
+    for key in [
+        ("serving.knative.dev/v1", "Service"),
+        ("eventing.knative.dev/v1", "Broker"),
+        ("eventing.knative.dev/v1", "Trigger"),
+        ("sinks.knative.dev/v1alpha1", "JobSink"),
+        ("monitoring.coreos.com/v1", "PodMonitor"),
+        ("monitoring.coreos.com/v1", "PrometheusRule"),
+    ]:
+        assert key in known, f"no registry schema for {key}"
+
+
+@pytest.mark.parametrize("target", list(targets()))
 def test_every_document_is_valid(target: str) -> None:
-    docs = render(target)
-    assert len(docs) >= 10
-    errors = [error for doc in docs for error in validate(doc)]
+    docs = render_path(target)
+    assert len(docs) >= 3
+    errors = [error for doc in docs for error in schemas.validate(doc)]
     assert errors == []
 
 
-@needs_crds
-@pytest.mark.parametrize("target", list(documents()))
+@pytest.mark.parametrize("target", list(targets()))
 def test_every_document_has_a_name_and_a_namespace_where_namespaced(target: str) -> None:
-    for doc in render(target):
+    for doc in render_path(target):
         meta = doc["metadata"]
         assert meta.get("name"), doc
         if doc["kind"] != "Namespace":
             assert meta.get("namespace"), f"{doc['kind']} {meta['name']} has no namespace"
 
 
-@needs_crds
+def test_a_kind_without_a_schema_is_an_error_not_a_pass() -> None:
+    unknown = {"apiVersion": "serving.knative.dev/v1", "kind": "Servise", "metadata": {"name": "x"}}
+    assert any("not validated" in e for e in schemas.validate(unknown))
+    crd = {"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "x"}}
+    assert any("no schema" in e for e in schemas.validate(crd))
+
+
+def mutated(doc: dict[str, Any], path: tuple[str | int, ...], value: Any) -> dict[str, Any]:
+    broken = copy.deepcopy(doc)
+    node: Any = broken
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    return broken
+
+
+def renamed(doc: dict[str, Any], path: tuple[str | int, ...], new_name: str) -> dict[str, Any]:
+    """A copy of `doc` in which the field at `path` is renamed (a typo in a field name)."""
+    broken = copy.deepcopy(doc)
+    node: Any = broken
+    for key in path[:-1]:
+        node = node[key]
+    node[new_name] = node.pop(path[-1])
+    return broken
+
+
+def first(kind: str, name: str | None = None) -> dict[str, Any]:
+    return next(
+        d
+        for d in render("base")
+        if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)
+    )
+
+
+@pytest.mark.parametrize("source", schemas.sources())
 @pytest.mark.parametrize(
     ("path", "value"),
     [
@@ -174,38 +144,59 @@ def test_every_document_has_a_name_and_a_namespace_where_namespaced(target: str)
     ],
 )
 def test_validation_rejects_unknown_fields_and_wrong_types(
-    path: tuple[str | int, ...], value: Any
+    source: str, path: tuple[str | int, ...], value: Any
 ) -> None:
-    service = next(d for d in render("base") if d["kind"] == "Service")
-    broken = copy.deepcopy(service)
-    node: Any = broken
-    for key in path[:-1]:
-        node = node[key]
-    node[path[-1]] = value
-    assert validate(service) == []
-    assert validate(broken) != []
+    service = first("Service", "sentiment-cpu-int8")
+    assert schemas.validate(service, source=source) == []
+    assert schemas.validate(mutated(service, path, value), source=source) != []
 
 
-@needs_crds
-@pytest.mark.parametrize("target", list(documents()))
-def test_no_unknown_fields_even_where_the_crd_preserves_them(target: str) -> None:
-    # The eventing CRDs mark Trigger/Broker `spec` and `delivery` as preserve-unknown-fields, so
-    # the API server would keep a typo there; nothing of ours may rely on that.
-    errors = [error for doc in render(target) for error in validate(doc, pedantic=True)]
-    assert errors == []
+# One renamed field per kind the closing note names: each must fail the run.
+RENAMES = [
+    pytest.param("Service", ("spec", "template", "spec", "containers", 0, "image"), id="Service"),
+    pytest.param("Trigger", ("spec", "subscriber"), id="Trigger"),
+    pytest.param("Trigger", ("spec", "delivery", "backoffPolicy"), id="Trigger-delivery"),
+    pytest.param("JobSink", ("spec", "job"), id="JobSink"),
+    pytest.param(
+        "JobSink",
+        ("spec", "job", "spec", "template", "spec", "containers", 0, "command"),
+        id="JobSink-job-container",
+    ),
+    pytest.param("NetworkPolicy", ("spec", "podSelector"), id="NetworkPolicy"),
+    pytest.param("NetworkPolicy", ("spec", "egress", 0, "ports"), id="NetworkPolicy-egress"),
+    pytest.param("PodMonitor", ("spec", "podMetricsEndpoints"), id="PodMonitor"),
+]
 
 
-@needs_crds
-def test_validation_rejects_unknown_trigger_fields() -> None:
-    trigger = next(d for d in render("base") if d["kind"] == "Trigger")
-    in_closed = copy.deepcopy(trigger)
-    in_closed["spec"]["subscriber"]["reff"] = {}
-    in_preserved = copy.deepcopy(trigger)
-    in_preserved["spec"]["delivery"]["backoffPolicyy"] = "exponential"
-    assert validate(trigger) == []
-    assert validate(in_closed) != []
-    assert validate(in_preserved) == []
-    assert validate(in_preserved, pedantic=True) != []
+@pytest.mark.parametrize(("kind", "path"), RENAMES)
+def test_a_misspelt_field_name_fails_validation(kind: str, path: tuple[str | int, ...]) -> None:
+    docs = [*render("base"), *render_path("observability/kubernetes")]
+    doc = next(d for d in docs if d["kind"] == kind and has_path(d, path))
+    broken = renamed(doc, path, f"{path[-1]}x")
+    assert schemas.validate(doc) == []
+    errors = schemas.validate(broken)
+    # The error names the unknown field, or the required one it replaced.
+    assert any(f"'{path[-1]}x'" in e or f"'{path[-1]}'" in e for e in errors), errors
+
+
+def has_path(doc: Any, path: tuple[str | int, ...]) -> bool:
+    for key in path:
+        try:
+            doc = doc[key]
+        except (KeyError, IndexError, TypeError):
+            return False
+    return True
+
+
+def test_the_official_crds_close_what_they_preserve_only_when_pedantic() -> None:
+    # The eventing CRDs mark Trigger `spec.delivery` preserve-unknown-fields, so the API server
+    # keeps a typo there; the registry models list its fields, so both sources together reject it.
+    trigger = first("Trigger")
+    in_preserved = mutated(trigger, ("spec", "delivery", "backoffPolicyy"), "exponential")
+    assert schemas.validate(in_preserved, source="registry") != []
+    if "crds" in schemas.sources():
+        assert schemas.validate(in_preserved, source="crds") == []
+        assert schemas.validate(in_preserved, source="crds", pedantic=True) != []
 
 
 def test_core_kinds_are_checked_strictly() -> None:
@@ -215,10 +206,9 @@ def test_core_kinds_are_checked_strictly() -> None:
         "metadata": {"name": "x", "namespace": "y"},
         "datta": {},
     }
-    assert validate(config_map) != []
+    assert schemas.validate(config_map) != []
 
 
-@needs_crds
 def test_every_overlay_renders_every_variant_and_the_eventing() -> None:
     for target in OVERLAYS:
         kinds = {(d["kind"], d["metadata"]["name"]) for d in render(target)}
@@ -226,4 +216,8 @@ def test_every_overlay_renders_every_variant_and_the_eventing() -> None:
             assert ("Service", name) in kinds, (target, name)
         assert ("Broker", "default") in kinds
         assert ("ConfigMap", "config-features") in kinds
-        assert sum(kind == "Trigger" for kind, _ in kinds) == 5
+        assert sum(kind == "Trigger" for kind, _ in kinds) == 7
+        assert ("JobSink", "sentiment-batch") in kinds
+        assert ("PersistentVolumeClaim", "sentiment-batch-data") in kinds
+        assert ("ServiceAccount", "sentiment-batch") in kinds
+        assert sum(kind == "NetworkPolicy" for kind, _ in kinds) == 4
