@@ -168,7 +168,9 @@ def test_a_retried_job_resumes_where_the_failed_pod_stopped(
             {"input": "s3://bucket/in.jsonl", "output": "o.jsonl"}, "object-store", id="s3"
         ),
         pytest.param({"output": "o.jsonl"}, "lacks 'input'", id="no-input"),
-        pytest.param({"input": "in/missing.jsonl", "output": "o.jsonl"}, "does not exist", id="gone"),
+        pytest.param(
+            {"input": "in/missing.jsonl", "output": "o.jsonl"}, "does not exist", id="gone"
+        ),
         pytest.param({"input": "in/reviews.jsonl", "output": "o", "x": 1}, "unknown", id="extra"),
     ],
 )
