@@ -344,6 +344,11 @@ def main(argv: list[str] | None = None) -> None:
         p = sub.add_parser(kind, help=f"derive the {kind} variant of an fp32 model directory")
         p.add_argument("--src", type=Path, default=Path("models/minilm-sentiment-fp32"))
         p.add_argument("--out", type=Path, default=Path(f"models/minilm-sentiment-{kind}"))
+        if kind == "int8":
+            # The quantization gate (training/quantgate.py): the project's held-out sets unless a
+            # labelled file is given; --no-gate is recorded in the manifest.
+            p.add_argument("--gate-data", type=Path, help="CSV/JSONL with text and label")
+            p.add_argument("--no-gate", action="store_true", help="skip the accuracy gate")
     args = parser.parse_args(argv)
     if args.command == "checkpoint":
         m = export_checkpoint(
@@ -354,7 +359,9 @@ def main(argv: list[str] | None = None) -> None:
             args.src, args.out, name=args.name, version=args.version, max_tokens=args.max_tokens
         )
     elif args.command == "int8":
-        m = derive_int8(args.src, args.out)
+        from training.quantgate import command
+
+        m = command(args.src, args.out, args.gate_data, args.no_gate)
     else:
         m = derive_fp16(args.src, args.out)
     print(json.dumps({"out": str(args.out), "precision": m.precision, "labels": list(m.labels)}))

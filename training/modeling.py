@@ -82,3 +82,23 @@ def load_trained(checkpoint_dir: Path, base_dir: Path) -> MeanPoolingBertForSequ
     if missing or unexpected:
         raise ValueError(f"checkpoint mismatch: missing={missing} unexpected={unexpected}")
     return model.eval()
+
+
+def with_labels(
+    model: MeanPoolingBertForSequenceClassification, labels: tuple[str, ...]
+) -> MeanPoolingBertForSequenceClassification:
+    """Give `model` a head for `labels`: rows of the old head where a label is already known
+    (so a subset of the default labels keeps their meaning), seeded fresh rows otherwise."""
+    old = [str(model.config.id2label[i]) for i in range(model.config.num_labels)]
+    head = nn.Linear(model.config.hidden_size, len(labels))
+    model._init_weights(head)  # BERT's initialisation, from the torch seed
+    with torch.no_grad():
+        for row, label in enumerate(labels):
+            if label in old:
+                head.weight[row] = model.classifier.weight[old.index(label)]
+                head.bias[row] = model.classifier.bias[old.index(label)]
+    model.classifier = head
+    model.num_labels = model.config.num_labels = len(labels)
+    model.config.id2label = dict(enumerate(labels))
+    model.config.label2id = {label: i for i, label in enumerate(labels)}
+    return model

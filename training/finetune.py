@@ -1,0 +1,285 @@
+"""Fine-tune the default model on your own labelled data: `make finetune DATA=FILE OUT=DIR`.
+
+    python -m training.finetune reviews.csv --out build/my-model [--base DIR]
+
+FILE is CSV/TSV or JSONL with `text` and `label` (training/labelled.py: labels, score, errors).
+A seeded fifth of each label is held out; the rest fine-tunes the default checkpoint (or `--base`,
+a checkpoint directory or the OUT of an earlier run) with the same loop as `make train`
+(training/train.py `fit`), at most 128 tokens per training text. It writes the fp32 model
+directory at OUT-fp32, the int8 one at OUT (refused by the quantization gate if it loses more than
+1 point of accuracy on the held-out fifth), the checkpoint at OUT-checkpoint (a `--base` for the
+next run), and prints a report: accuracy, macro-F1 and confusion matrix of the new model and of
+the default model on the held-out fifth. Problems with the data end the command with one line
+naming the problem and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import random
+import sys
+import time
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CHECKPOINT = ROOT / "models" / "minilm-sentiment-checkpoint"
+DEFAULT_MODEL = ROOT / "models" / "minilm-sentiment-int8"
+SEED = 20261203
+TRAIN_MAX_TOKENS = 128
+
+
+class FinetuneError(Exception):
+    """A problem with the command's arguments (not the data), said in one line."""
+
+
+def checkpoint_dir(base: Path) -> Path:
+    """The training checkpoint for `--base`: the directory itself, or BASE-checkpoint."""
+    for candidate in (base, base.with_name(f"{base.name}-checkpoint")):
+        if (candidate / "trained.safetensors").is_file() and (candidate / "config.json").is_file():
+            return candidate
+    raise FinetuneError(
+        f"--base {base}: not a training checkpoint (no trained.safetensors and config.json, "
+        f"here or in {base.name}-checkpoint)"
+    )
+
+
+def metrics(gold: list[str], pred: list[str], labels: tuple[str, ...]) -> dict[str, Any]:
+    """Accuracy, macro-F1 over the labels present in `gold`, and the confusion matrix."""
+    from training.evaluate import accuracy, macro_f1
+
+    g = [labels.index(x) for x in gold]
+    p = [labels.index(x) for x in pred]
+    confusion = [[0] * len(labels) for _ in labels]
+    for a, b in zip(g, p, strict=True):
+        confusion[a][b] += 1
+    return {
+        "n": len(gold),
+        "accuracy": accuracy(g, p),
+        "macro_f1": macro_f1(g, p),
+        "confusion": confusion,
+    }
+
+
+def predict(directory: Path, texts: list[str], threads: int) -> list[Any]:
+    """Predictions of a model directory through the serving code, in input order."""
+    from functions.sentiment.model import Classifier
+
+    classifier = Classifier.load(directory, intra_op_threads=threads)
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    out: list[Any] = [None] * len(texts)
+    for start in range(0, len(order), 64):
+        idx = order[start : start + 64]
+        for i, p in zip(idx, classifier.predict([texts[i] for i in idx]), strict=True):
+            out[i] = p
+    return out
+
+
+def default_labels(preds: list[Any], plan: Any) -> list[str] | None:
+    """What the default model says in the new labels: the most probable of the new labels
+    (sentiment labels), the label whose score weight is nearest its score (ratings), else None."""
+    if plan.sentiment:
+        return [max(plan.labels, key=lambda label: p.probabilities[label]) for p in preds]
+    if plan.score_weights is not None:
+        w = plan.score_weights
+        return [plan.labels[min(range(len(w)), key=lambda i: abs(w[i] - p.score))] for p in preds]
+    return None
+
+
+def confusion_table(m: dict[str, Any], labels: tuple[str, ...]) -> str:
+    """Markdown confusion matrix: rows are the true labels, columns the predicted ones."""
+    lines = [
+        "| true \\ predicted | " + " | ".join(labels) + " |",
+        "|---" * (len(labels) + 1) + "|",
+    ]
+    for label, row in zip(labels, m["confusion"], strict=True):
+        lines.append(f"| {label} | " + " | ".join(str(v) for v in row) + " |")
+    return "\n".join(lines)
+
+
+def report(results: dict[str, dict[str, Any]], labels: tuple[str, ...], n: int) -> str:
+    """The table printed at the end and stored in the model card."""
+    lines = [
+        f"Held-out fifth: {n} rows, labels {', '.join(labels)}",
+        "",
+        "| model | accuracy | macro-F1 |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {k} | {v['accuracy']:.3f} | {v['macro_f1']:.3f} |" for k, v in results.items()]
+    for name in results:
+        lines += ["", f"Confusion matrix, {name}:", "", confusion_table(results[name], labels)]
+    return "\n".join(lines)
+
+
+def progress_bar() -> Any:
+    """A `fit` progress callback drawing a tqdm bar on stderr (steps, loss, examples/s)."""
+    from tqdm import tqdm
+
+    bar: list[Any] = []
+    started = time.monotonic()
+
+    def update(step: int, total: int, loss: float, seen: int) -> None:
+        if not bar:
+            bar.append(tqdm(total=total, unit="step", file=sys.stderr, dynamic_ncols=True))
+        rate = seen / max(1e-9, time.monotonic() - started)
+        bar[0].set_postfix_str(f"loss {loss:.3f}, {rate:.1f} texts/s", refresh=False)
+        bar[0].update(1)
+        if step == total:
+            bar[0].close()
+
+    return update
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("data", type=Path, help="CSV/TSV or JSONL with text and label")
+    parser.add_argument("--out", type=Path, required=True, help="int8 model directory to write")
+    parser.add_argument("--base", type=Path, default=DEFAULT_CHECKPOINT, help="checkpoint")
+    parser.add_argument("--base-model", type=Path, help="encoder folder (default: MiniLM package)")
+    parser.add_argument("--default", type=Path, default=DEFAULT_MODEL, help="model to compare")
+    parser.add_argument("--name", help="model name (default: OUT's folder name)")
+    parser.add_argument("--version", default="1.0.0")
+    parser.add_argument("--epochs", type=float, default=3.0)
+    parser.add_argument("--lr", type=float, default=5e-5)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--train-max-tokens", type=int, default=TRAIN_MAX_TOKENS)
+    parser.add_argument("--max-tokens", type=int, default=256, help="served truncation")
+    parser.add_argument("--seed", type=int, default=SEED)
+    parser.add_argument("--threads", type=int, default=0, help="ORT threads for evaluation")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from training.labelled import DataError
+    from training.quantgate import QuantizationRefused
+
+    args = parse_args(argv)
+    try:
+        run(args)
+    except (DataError, FinetuneError, QuantizationRefused) as e:
+        print(f"finetune: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def run(args: argparse.Namespace) -> None:
+    """Read, split, fine-tune, export fp32, gate and derive int8, evaluate, report."""
+    from training import labelled
+
+    started = time.monotonic()
+    rows = labelled.read_rows(args.data)
+    unique = labelled.deduplicate(rows)
+    plan = labelled.plan_labels(unique, args.data)
+    train, held = labelled.split(unique, args.seed)
+    base = checkpoint_dir(args.base)
+    out: Path = args.out
+    fp32_dir = out.with_name(f"{out.name}-fp32")
+    ckpt_dir = out.with_name(f"{out.name}-checkpoint")
+    print(
+        f"{args.data.name}: {len(rows)} rows ({len(rows) - len(unique)} duplicate texts dropped); "
+        f"labels -> model labels {list(plan.labels)}; train {len(train)}, held out {len(held)} "
+        f"({labelled.counts(held)}), seed {args.seed}",
+        flush=True,
+    )
+
+    import torch
+
+    from training import data, export, quantgate
+    from training.modeling import load_trained, save_trained, with_labels
+    from training.train import base_model_dir, fit, training_tokenizer
+
+    torch.manual_seed(args.seed)
+    encoder = args.base_model or base_model_dir()
+    model = with_labels(load_trained(base, encoder), plan.labels)
+    examples = [data.Example(r.text, plan.index(r.label), "user") for r in train]
+    tokenizer = training_tokenizer(encoder / "tokenizer.json", args.train_max_tokens)
+    fit_started = time.monotonic()
+    steps = fit(
+        model, examples, tokenizer, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+        rng=random.Random(args.seed), progress=progress_bar(),
+    )  # fmt: skip
+    fit_seconds = time.monotonic() - fit_started
+    digest = hashlib.sha256(args.data.read_bytes()).hexdigest()
+    recipe = {
+        "base": base.name, "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size,
+        "train_max_tokens": args.train_max_tokens, "seed": args.seed, "steps": steps,
+        "train_rows": len(train), "held_out_rows": len(held), "seconds": round(fit_seconds, 1),
+    }  # fmt: skip
+    save_trained(model, ckpt_dir)
+    (ckpt_dir / "training.json").write_text(json.dumps(recipe, indent=2) + "\n")
+    source = (
+        f"{args.data.name} (sha256 {digest[:16]}): {len(unique)} labelled rows "
+        f"({labelled.counts(unique)}); a seeded fifth of each label held out"
+    )
+    manifest = export.export(
+        model, encoder / "tokenizer.json", fp32_dir, name=args.name or out.name,
+        version=args.version, labels=plan.labels, max_tokens=args.max_tokens,
+        base_model=f"fine-tuned from {base.name} (all-MiniLM-L6-v2, mean pooling)",
+        training_data=[source, f"recipe: {json.dumps(recipe, sort_keys=True)}"], optimize="bert",
+    )  # fmt: skip
+    extra = {**manifest.extra, "score": score_note(plan)}
+    if plan.score_weights is not None:
+        extra["score_weights"] = list(plan.score_weights)
+    from shared import modeldir
+
+    modeldir.write_manifest(fp32_dir, replace(manifest, extra=extra))
+    texts = [r.text for r in held]
+    gold = [plan.canonical[r.label] for r in held]
+    measure = quantgate.labelled_measure("held_out_fifth", texts, gold, threads=args.threads)
+    quantgate.derive_int8_gated(fp32_dir, out, measure)
+
+    results: dict[str, dict[str, Any]] = {}
+    for key, directory in ((f"{out.name} int8", out), (f"{out.name} fp32", fp32_dir)):
+        pred = [p.label for p in predict(directory, texts, args.threads)]
+        results[key] = metrics(gold, pred, plan.labels)
+    mapped = default_labels(predict(args.default, texts, args.threads), plan)
+    if mapped is not None:
+        results[f"default {args.default.name}"] = metrics(gold, mapped, plan.labels)
+    else:
+        majority = Counter(plan.canonical[r.label] for r in train).most_common(1)[0][0]
+        results[f"majority class ({majority})"] = metrics(gold, [majority] * len(gold), plan.labels)
+    table = report(results, plan.labels, len(held))
+    for directory in (fp32_dir, out):
+        m = modeldir.load(directory)
+        evaluation = {"held_out_fifth": results, "labels": list(plan.labels), "seed": args.seed}
+        write_card(directory, m, source, table)
+        modeldir.write_manifest(directory, replace(m, evaluation=evaluation))
+    gate = modeldir.load(out).extra["quantization_gate"]
+    print("\n" + table + "\n")
+    print("Quantization gate (int8 against fp32 on the held-out fifth):")
+    print(quantgate.describe(gate))
+    print(
+        f"\nWrote {out} (int8), {fp32_dir} (fp32), {ckpt_dir} (checkpoint, a --base for the next "
+        f"run) in {time.monotonic() - started:.0f} s ({fit_seconds:.0f} s fine-tuning, {steps} "
+        f"steps). Serve it: MODEL_DIR={out} make serve"
+    )
+
+
+def score_note(plan: Any) -> str:
+    """What `score` means for this model (stored in the manifest)."""
+    if plan.sentiment:
+        return "sum of label probabilities weighted negative -1, neutral 0, positive +1"
+    if plan.score_weights is not None:
+        return "expected label value mapped linearly onto [-1, 1] (lowest label -1, highest +1)"
+    return "none: the labels are not ordered; use the label and probabilities"
+
+
+def write_card(directory: Path, manifest: Any, source: str, table: str) -> None:
+    """A short model card (README.md) for a fine-tuned model directory."""
+    (directory / "README.md").write_text(
+        f"# {manifest.name} {manifest.version} ({manifest.precision})\n\n"
+        f"Fine-tuned with `make finetune` from {manifest.base_model}.\n\n"
+        f"- Labels: {', '.join(manifest.labels)}\n"
+        f"- Score: {manifest.extra.get('score', '')}\n"
+        f"- Data: {source}\n"
+        f"- Truncation: {manifest.max_tokens} tokens served, padding to the longest text.\n\n"
+        f"## Held-out evaluation\n\n{table}\n",
+        encoding="utf-8",
+    )
+
+
+if __name__ == "__main__":
+    main()
