@@ -1,0 +1,306 @@
+"""docs/peers.json, docs/peers.md and the charts, from the measured passes.
+
+Per system the figures are medians over passes (cold start: over every cold run; peak RSS: the
+largest of the passes). `targets()` evaluates the issue's goals for our int8 function against
+the best peer of the same run; an A/A line shows how far two identical servers differ.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from benchmarks.peers.systems import System
+
+OURS = "kubesentiment-int8"
+TWIN = "kubesentiment-int8-aa"
+COLUMNS = (
+    ("cold_start_s", "cold start s", "{:.2f}"),
+    ("p50_ms_c1", "p50 ms c1", "{:.2f}"),
+    ("p99_ms_c1", "p99 ms c1", "{:.2f}"),
+    ("rps_c8", "req/s c8", "{:,.0f}"),
+    ("rps_c32", "req/s c32", "{:,.0f}"),
+    ("rps_c128", "req/s c128", "{:,.0f}"),
+    ("p99_ms_c32", "p99 ms c32", "{:.1f}"),
+    ("rss_mib", "peak RSS MiB", "{:,.0f}"),
+    ("cpu_s_per_1k", "CPU s / 1k", "{:.2f}"),
+)
+
+
+def one_line(result: Mapping[str, Any]) -> str:
+    """A console summary of one pass."""
+    levels = ", ".join(
+        f"c{r['concurrency']} {r['rps']:.0f}/s p99 {r['p99_ms']:.1f} ms"
+        + (f" errors {r['errors']}" if r["errors"] else "")
+        for r in result["levels"]
+    )
+    cold = ", ".join(f"{s:.2f}" for s in result["cold_start_s"])
+    c1 = result["c1"]
+    return (
+        f"cold {cold} s; c1 p50 {c1['p50_ms']:.2f} p99 {c1['p99_ms']:.2f} ms; {levels}; "
+        f"RSS {result['rss_mib']:.0f} MiB; CPU {result['cpu_s_per_1k'] or 0:.2f} s/1k; "
+        f"parity {result.get('parity', '-')}"
+    )
+
+
+def _median(values: Sequence[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
+
+
+def summarise(system: System, runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """One system's figures over its passes."""
+    out: dict[str, Any] = {"title": system.title, "config": system.config, "passes": len(runs)}
+    out["cold_start_s"] = _median([s for r in runs for s in r["cold_start_s"]])
+    out["p50_ms_c1"] = _median([r["c1"]["p50_ms"] for r in runs])
+    out["p99_ms_c1"] = _median([r["c1"]["p99_ms"] for r in runs])
+    out["rps_c1"] = _median([r["c1"]["rps"] for r in runs])
+    levels = sorted({lv["concurrency"] for r in runs for lv in r["levels"]})
+    for c in levels:
+        at = [lv for r in runs for lv in r["levels"] if lv["concurrency"] == c]
+        out[f"rps_c{c}"] = _median([lv["rps"] for lv in at])
+        out[f"p50_ms_c{c}"] = _median([lv["p50_ms"] for lv in at])
+        out[f"p99_ms_c{c}"] = _median([lv["p99_ms"] for lv in at])
+        errors: dict[str, int] = {}
+        for lv in at:
+            for kind, n in lv["errors"].items():
+                errors[kind] = errors.get(kind, 0) + n
+        if errors:
+            out.setdefault("errors", {})[f"c{c}"] = errors
+        if c == 32:
+            out["cdf_ms_c32"] = [round(q, 3) for q in at[-1]["quantiles_ms"]]
+    out["rss_mib"] = max(r["rss_mib"] for r in runs)
+    out["cpu_s_per_1k"] = _median([r["cpu_s_per_1k"] for r in runs])
+    out["client_cpu_ms_per_request"] = _median(
+        [lv["client_cpu_ms_per_request"] for r in runs for lv in r["levels"]]
+    )
+    if any("parity" in r for r in runs):
+        out["parity"] = next(r["parity"] for r in runs if "parity" in r)
+    return {k: _round(k, v) for k, v in out.items()}
+
+
+def _round(key: str, value: Any) -> Any:
+    if not isinstance(value, float):
+        return value
+    if key.startswith("rps") or key == "rss_mib":
+        return round(value, 1)
+    if key.endswith("_s") or key.startswith("cpu") or key.startswith("client"):
+        return round(value, 3)
+    return round(value, 2)
+
+
+def targets(systems: Mapping[str, Mapping[str, Any]], ceiling: float) -> list[tuple[str, bool]]:
+    """The issue's goals for our int8 function against the best peer of the run."""
+    ours = systems.get(OURS)
+    peers = {k: v for k, v in systems.items() if not k.startswith("kubesentiment")}
+    if not ours or not peers:
+        return []
+
+    def best(key: str, high: bool) -> tuple[str, float] | None:
+        values = [(k, float(v[key])) for k, v in peers.items() if v.get(key) is not None]
+        return (max if high else min)(values, key=lambda kv: kv[1]) if values else None
+
+    out = []
+    for c in (32, 128):
+        if (b := best(f"rps_c{c}", True)) and ours.get(f"rps_c{c}") and b[1] > 0:
+            ratio = ours[f"rps_c{c}"] / b[1]
+            out.append(
+                (
+                    f"throughput c{c}: {ratio:.2f}x the best peer ({b[0]}), goal >= 1.5x",
+                    ratio >= 1.5,
+                )
+            )
+    if b := best("p50_ms_c1", False):
+        out.append(
+            (
+                f"p50 c1 {ours['p50_ms_c1']:.2f} ms vs best peer {b[1]:.2f} ms ({b[0]}), goal <=",
+                ours["p50_ms_c1"] <= b[1],
+            )
+        )
+    if b := best("cold_start_s", False):
+        cold = ours["cold_start_s"]
+        ok = cold <= 0.5 and cold <= b[1] / 3
+        out.append(
+            (
+                f"cold start {cold:.2f} s vs best peer {b[1]:.2f} s ({b[0]}), "
+                "goal <= 0.5 s and <= 1/3",
+                ok,
+            )
+        )
+    if b := best("rss_mib", False):
+        out.append(
+            (
+                f"peak RSS {ours['rss_mib']:.0f} MiB vs smallest peer {b[1]:.0f} MiB "
+                f"({b[0]}), goal <=",
+                ours["rss_mib"] <= b[1],
+            )
+        )
+    if ours.get("rps_c32") and ceiling:
+        share = ours["rps_c32"] / ceiling
+        out.append(
+            (
+                f"c32 throughput {share:.0%} of the in-process ceiling "
+                f"({ceiling:,.0f} texts/s), goal >= 75 %",
+                share >= 0.75,
+            )
+        )
+    return out
+
+
+def build(
+    info: Mapping[str, Any], dist: Mapping[str, Any], args: argparse.Namespace,
+    systems: Sequence[System], passes: Mapping[str, Sequence[Mapping[str, Any]]],
+    unavailable: Mapping[str, str], ceiling: Mapping[str, float], command: str,
+) -> dict[str, Any]:  # fmt: skip
+    """The peers.json document."""
+    summaries = {s.key: summarise(s, passes[s.key]) for s in systems if passes.get(s.key)}
+    return {
+        "machine": dict(info),
+        "command": command,
+        "mode": "quick" if args.quick else "full",
+        "settings": {
+            "passes": args.passes,
+            "cold_runs": args.cold_runs,
+            "warmup_s": args.warmup,
+            "duration_s": args.duration,
+            "levels": [1, *args.levels],
+        },
+        "texts": dict(dist),
+        "systems": summaries,
+        "ceiling_texts_per_s": ceiling["best"],
+        "ceiling": dict(ceiling),
+        "unavailable": dict(unavailable),
+    }
+
+
+def _cell(value: Any, fmt: str) -> str:
+    return "-" if value is None else fmt.format(value)
+
+
+def markdown(results: Mapping[str, Any]) -> str:
+    """docs/peers.md."""
+    m, systems = results["machine"], results["systems"]
+    s = results["settings"]
+    lines = [
+        "# KubeSentiment against peer serving frameworks",
+        "",
+        f"Generated by `{results['command']}` ({results['mode']} run: {s['passes']} pass(es), "
+        f"{s['cold_runs']} cold start(s) per pass, {s['warmup_s']} s warm-up and "
+        f"{s['duration_s']} s per level) on {m['cores']} cores ({m['cpu']}), {m['date']}, "
+        f"load average {m['loadavg_at_start']:.2f} at start; ONNX Runtime {m['onnxruntime']}. "
+        "Every server serves the same int8 ONNX file and tokenizer with the same session "
+        "options, except the FastAPI baselines (PyTorch fp32, same fine-tuned weights). One "
+        "text per request; the load generator shares the cores.",
+        "",
+        "| system | " + " | ".join(c[1] for c in COLUMNS) + " |",
+        "|---|" + "---:|" * len(COLUMNS),
+    ]
+    for key, v in systems.items():
+        lines.append(f"| {key} | " + " | ".join(_cell(v.get(c[0]), c[2]) for c in COLUMNS) + " |")
+    ceiling = results["ceiling"]
+    lines += [
+        "",
+        "In-process ceiling (tokenize + `session.run`, no HTTP, texts/s): "
+        + ", ".join(f"{k} {v:,.0f}" for k, v in ceiling.items() if k != "best")
+        + f"; best {ceiling['best']:,.0f}.",
+        "",
+    ]
+    if OURS in systems and TWIN in systems:
+        a, b = systems[OURS], systems[TWIN]
+        ratios = [f"{c[1]} {a[c[0]] / b[c[0]]:.2f}" for c in COLUMNS if a.get(c[0]) and b.get(c[0])]
+        lines += [
+            "A/A (two identical int8 servers, first / second): " + ", ".join(ratios) + ".",
+            "",
+        ]
+    goals = targets(systems, results["ceiling_texts_per_s"])
+    if goals:
+        lines += ["## Targets (issue 14, item 2)", ""]
+        lines += [f"- {'met' if ok else 'MISSED'}: {text}" for text, ok in goals]
+        lines.append("")
+    t = results["texts"]
+    lines += ["## Texts", "", "Token counts per text (special tokens included):", ""]
+    lines += [
+        "| kind | source | n | min | p50 | p90 | max | mean |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for kind in ("short", "medium", "long", "all"):
+        if kind in t:
+            k = t[kind]
+            src = t["sources"].get(kind, "")
+            cells = [src, *(str(k[f]) for f in ("n", "min", "p50", "p90", "max", "mean"))]
+            lines.append(f"| {kind} | " + " | ".join(cells) + " |")
+    lines += ["", "## Configuration of each system", ""]
+    lines += [f"- **{k}** ({v['title']}): {v['config']}." for k, v in systems.items()]
+    lines += ["", "## Same model, same answers", ""]
+    for key, v in systems.items():
+        if p := v.get("parity"):
+            lines.append(
+                f"- {key}: {p['labels_equal']}/{p['n']} labels equal to the in-process reference, "
+                f"largest |P(positive) difference| {p['max_abs_dp_positive']:.6f}."
+            )
+    errors = {k: v["errors"] for k, v in systems.items() if v.get("errors")}
+    lines += ["", f"Failed requests (status or error: count): {errors or 'none'}.", ""]
+    client = {k: v.get("client_cpu_ms_per_request") for k, v in systems.items()}
+    lines += [f"Load generator CPU per request, ms: {client}.", ""]
+    if results["unavailable"]:
+        lines += ["## Not measured", ""]
+        lines += [f"- {k}: {why}" for k, why in results["unavailable"].items()]
+        lines.append("")
+    lines += ["![throughput](peers/throughput.png)", "![latency CDF](peers/latency_cdf.png)", ""]
+    return "\n".join(lines)
+
+
+def charts(results: Mapping[str, Any], out: Path) -> None:
+    """Throughput against concurrency and the latency CDF at concurrency 32."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    levels = results["settings"]["levels"]
+    fig, ax = plt.subplots(figsize=(7.5, 4.2), dpi=110)
+    for key, v in results["systems"].items():
+        xs = [c for c in levels if v.get(f"rps_c{c}") is not None]
+        ax.plot(
+            xs, [v[f"rps_c{c}"] for c in xs], marker="o", label=key, lw=2.5 if key == OURS else 1.2
+        )
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(levels, [str(c) for c in levels])
+    ax.set(
+        title="Throughput, one text per request (higher is better)",
+        xlabel="concurrency",
+        ylabel="req/s",
+    )
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "throughput.png")
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(7.5, 4.2), dpi=110)
+    for key, v in results["systems"].items():
+        q = v.get("cdf_ms_c32") or []
+        if q:
+            ax.plot(
+                q,
+                [i / (len(q) - 1) for i in range(len(q))],
+                label=key,
+                lw=2.5 if key == OURS else 1.2,
+            )
+    ax.set_xscale("log")
+    ax.set(title="Latency CDF at concurrency 32", xlabel="ms (log)", ylabel="fraction of requests")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "latency_cdf.png")
+    plt.close(fig)
+
+
+def write(results: Mapping[str, Any], out: Path) -> None:
+    """peers.json, peers.md and peers/*.png under `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "peers.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "peers.md").write_text(markdown(results))
+    charts(results, out / "peers")

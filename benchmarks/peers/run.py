@@ -1,0 +1,227 @@
+"""`make bench-peers`: every system on the same int8 ONNX model, measured the same way.
+
+    python -m benchmarks.peers.run            # full run (~20 min): docs/peers.json, docs/peers.md
+    python -m benchmarks.peers.run --quick    # one pass, short phases: build/peers/quick/
+
+One server at a time on 127.0.0.1, in rounds: every pass measures every system, and odd passes go
+in reverse order, so drift on the machine does not favour whoever runs first. Per system and pass:
+cold start (spawn to first correct prediction, `--cold-runs` fresh processes), then one server
+for the load phases: warm-up, then a fixed duration at concurrency 1 and each of `--levels`,
+driven by benchmarks.peers.loadgen in its own process. Peak RSS is the largest summed RSS of the
+server's session (every process it started) over its life; CPU seconds per 1,000 predictions is
+the session's CPU time across the loaded phases over their successful answers. In the first pass
+each server also answers `--check` texts one by one, compared with the in-process reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from benchmarks.peers import ceiling, procs, report, texts, venvs
+from benchmarks.peers.engine import Engine
+from benchmarks.peers.systems import INT8, System, by_key
+from loadtests.local import ROOT, LocalFunction
+
+
+def start(system: System, log_dir: Path) -> LocalFunction:
+    """Spawn the system's server on a free port."""
+    env = {"MODEL_DIR": str(system.model), **system.env}
+    if system.venv is None:
+        return procs.spawn((), env, log_dir, system.key, module=system.module)
+    python = venvs.python(system.venv)
+    if system.argv:
+        argv = [str(python.parent / system.argv[0]), *system.argv[1:]]
+    else:
+        argv = [str(python), "-m", system.module]
+    return procs.spawn(argv, env, log_dir, system.key)
+
+
+def first_prediction(function: LocalFunction, system: System, text: str, timeout_s: float) -> float:
+    """Poll until the server answers `text` correctly; seconds since the spawn."""
+    deadline = time.monotonic() + timeout_s
+    url = function.base_url + system.path
+    with httpx.Client(timeout=10.0) as client:
+        while time.monotonic() < deadline:
+            if function.process.poll() is not None:
+                raise RuntimeError(
+                    f"exited with {function.process.returncode}:\n{function.log_tail()}"
+                )
+            try:
+                response = client.post(url, json=system.body(text))
+                if response.status_code == 200:
+                    system.parse(response.json())
+                    return time.time() - function.spawned_at
+            except httpx.TransportError:
+                pass
+            time.sleep(0.01)
+    raise RuntimeError(f"no prediction within {timeout_s:.0f} s:\n{function.log_tail()}")
+
+
+def parity(url: str, system: System, sample: list[str]) -> dict[str, Any]:
+    """The server's answers for `sample`, one request each, against the in-process reference."""
+    engine = Engine(system.model)
+    agree, worst = 0, 0.0
+    positive = engine.labels.index("positive")
+    with httpx.Client(timeout=30.0) as client:
+        for text in sample:
+            label, p = system.parse(client.post(url + system.path, json=system.body(text)).json())
+            ref = engine.probabilities([text])[0]
+            agree += label == engine.labels[int(ref.argmax())]
+            worst = max(worst, abs(p - float(ref[positive])))
+    return {"n": len(sample), "labels_equal": agree, "max_abs_dp_positive": round(worst, 6)}
+
+
+def load(
+    url: str, system: System, bodies: list[str], phases: list[dict[str, float]], tmp: Path
+) -> list[dict[str, Any]]:
+    """Run benchmarks.peers.loadgen in its own process; one result per phase."""
+    spec = tmp / f"spec-{time.monotonic_ns()}.json"
+    spec.write_text(json.dumps({"url": url + system.path, "bodies": bodies, "phases": phases}))
+    budget = sum(p["warmup_s"] + p["duration_s"] for p in phases) + 120
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.peers.loadgen", str(spec)],
+        cwd=ROOT, capture_output=True, text=True, timeout=budget, check=True,
+    )  # fmt: skip
+    return list(json.loads(done.stdout))
+
+
+def measure(
+    system: System, args: argparse.Namespace, sample: list[str], tmp: Path, check: bool
+) -> dict[str, Any]:
+    """One pass over one system."""
+    out: dict[str, Any] = {"cold_start_s": []}
+    for _ in range(args.cold_runs):
+        function = start(system, tmp)
+        try:
+            out["cold_start_s"].append(first_prediction(function, system, sample[0], 300))
+        finally:
+            procs.stop(function)
+    function = start(system, tmp)
+    rss = procs.PeakRss(function.process.pid)
+    try:
+        first_prediction(function, system, sample[0], 300)
+        if check:
+            out["parity"] = parity(function.base_url, system, sample[: args.check])
+        bodies = [json.dumps(system.body(t)) for t in sample]
+        c1 = {"concurrency": 1, "warmup_s": args.warmup, "duration_s": args.duration}
+        out["c1"] = load(function.base_url, system, bodies, [c1], tmp)[0]
+        phases = [{**c1, "concurrency": c} for c in args.levels]
+        cpu0 = procs.cpu_seconds(function.process.pid)
+        out["levels"] = load(function.base_url, system, bodies, phases, tmp)
+        cpu = procs.cpu_seconds(function.process.pid) - cpu0
+        answered = sum(r["ok_total"] for r in out["levels"])
+        out["cpu_s_per_1k"] = cpu / answered * 1000 if answered else None
+    finally:
+        out["rss_mib"] = rss.stop()
+        procs.stop(function)
+    return out
+
+
+def machine() -> dict[str, Any]:
+    """Where and with what the run happened."""
+    import onnxruntime
+
+    cpu = next(
+        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+         if line.startswith("model name")), "unknown",
+    )  # fmt: skip
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "onnxruntime": onnxruntime.__version__,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "loadavg_at_start": os.getloadavg()[0],
+    }
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.peers.run", description=__doc__.splitlines()[0]
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="1 pass, 1 cold start, 2 s phases, c=1/32/128"
+    )
+    p.add_argument("--passes", type=int, default=2)
+    p.add_argument("--cold-runs", type=int, default=3)
+    p.add_argument("--warmup", type=float, default=1.0, help="seconds before each measured phase")
+    p.add_argument("--duration", type=float, default=4.0, help="measured seconds per phase")
+    p.add_argument("--levels", type=int, nargs="+", default=[8, 32, 128])
+    p.add_argument("--texts", type=int, default=1000, help="texts drawn from the data packages")
+    p.add_argument("--check", type=int, default=60, help="texts checked against the reference")
+    p.add_argument("--only", nargs="+", help="system keys (default: all)")
+    p.add_argument(
+        "--out", type=Path, help="results folder (default docs/, quick: build/peers/quick)"
+    )
+    args = p.parse_args(argv)
+    if args.quick:
+        args.passes, args.cold_runs, args.warmup, args.duration = 1, 1, 0.5, 2.0
+        args.levels = [32, 128]
+    args.out = args.out or (ROOT / "build" / "peers" / "quick" if args.quick else ROOT / "docs")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = time.monotonic()
+    info = machine()
+    pairs = texts.load(INT8, args.texts)
+    dist = texts.distribution(pairs, INT8)
+    print("texts (tokens per text, special tokens included):\n" + texts.describe(dist), flush=True)
+    sample = [t for _, t in pairs]
+    systems = by_key(args.only)
+    unavailable: dict[str, str] = {}
+    for peer in sorted({s.venv for s in systems if s.venv}):
+        if (why := venvs.ensure(peer)) is not None:
+            unavailable.update({s.key: why for s in systems if s.venv == peer})
+    print(f"venvs ready after {time.monotonic() - started:.0f} s", flush=True)
+    passes: dict[str, list[dict[str, Any]]] = {
+        s.key: [] for s in systems if s.key not in unavailable
+    }
+    with tempfile.TemporaryDirectory(prefix="peers-") as tmp:
+        for n in range(args.passes):
+            order = [s for s in systems if s.key in passes]
+            for system in order if n % 2 == 0 else order[::-1]:
+                if system.key in unavailable:
+                    continue
+                print(f"pass {n + 1}: {system.key} ...", flush=True)
+                try:
+                    result = measure(system, args, sample, Path(tmp), check=n == 0)
+                except (
+                    RuntimeError,
+                    subprocess.SubprocessError,
+                    httpx.HTTPError,
+                    KeyError,
+                    ValueError,
+                ) as e:
+                    unavailable[system.key] = f"{type(e).__name__}: {str(e)[-600:]}"
+                    print(f"  {system.key} failed: {unavailable[system.key]}", flush=True)
+                    continue
+                passes[system.key].append(result)
+                print("  " + report.one_line(result), flush=True)
+    best = ceiling.measure(INT8, sample, quick=args.quick)
+    print(f"in-process ceiling: {best}", flush=True)
+    info["seconds"] = round(time.monotonic() - started)
+    command = "python -m benchmarks.peers.run" + (" " + " ".join(argv) if argv else "")
+    results = report.build(info, dist, args, systems, passes, unavailable, best, command)
+    report.write(results, args.out)
+    print((args.out / "peers.md").read_text())
+    print(f"total {info['seconds']} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
