@@ -37,10 +37,14 @@ $(STAMP): pyproject.toml $(LOCKS)
 	ln -sf ../checkov/bin/checkov $(BIN)/checkov
 	touch $@
 
-tools: ## Install the system tools tests use (promtool, prometheus) when missing
+tools: ## Install the system tools tests use (promtool, prometheus, docker-compose) when missing
 	@command -v promtool >/dev/null && command -v prometheus >/dev/null || { \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 	    --no-install-recommends prometheus prometheus-alertmanager >/dev/null; }
+	@# docker-compose (1.29) checks compose.yaml (`config`); no container engine is needed for that.
+	@command -v docker-compose >/dev/null || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    --no-install-recommends docker-compose >/dev/null; }
 
 setup: $(STAMP) tools ## Create .venv with serving, dev and training dependencies, and tools
 
@@ -55,7 +59,7 @@ lint: $(STAMP) ## ruff, mypy --strict, hadolint, shellcheck, yamllint, actionlin
 	@rc=0; run() { echo "+ $$*"; "$$@" || rc=1; }; \
 	run $(BIN)/ruff check .; \
 	run $(BIN)/ruff format --check .; \
-	run $(BIN)/mypy --strict functions shared deploy; \
+	run $(BIN)/mypy --strict functions function shared deploy; \
 	run $(BIN)/hadolint Dockerfile; \
 	run $(BIN)/shellcheck $(SHELL_SCRIPTS); \
 	run $(BIN)/yamllint --strict .; \
@@ -92,6 +96,18 @@ latency: $(STAMP) ## int8 vs fp32 latency at batch 1, 64 tokens
 fp16: $(STAMP) ## Generate the GPU fp16 variant from fp32 (not committed)
 	$(PYTHON) -m training.export fp16 --src $(MODELS)/minilm-sentiment-fp32 \
 	  --out $(MODELS)/minilm-sentiment-fp16
+
+.PHONY: finetune finetune-demo
+finetune: $(STAMP) ## Fine-tune on your labelled CSV/JSONL: make finetune DATA=FILE OUT=DIR [BASE=DIR]
+	@test -n "$(DATA)" && test -n "$(OUT)" || { \
+	  echo "usage: make finetune DATA=FILE OUT=DIR [BASE=DIR]  (FILE: CSV/JSONL, text + label)" >&2; \
+	  exit 2; }
+	$(PYTHON) -m training.finetune "$(DATA)" --out "$(OUT)" $(if $(BASE),--base "$(BASE)",)
+
+DEMO := build/finetune-demo
+finetune-demo: $(STAMP) ## make finetune on 1,000 Rotten Tomatoes reviews the default never trained on
+	$(PYTHON) -m training.demo_data --rows 1000 --max-words 200 --out $(DEMO)/rotten-tomatoes.csv
+	$(MAKE) --no-print-directory finetune DATA=$(DEMO)/rotten-tomatoes.csv OUT=$(DEMO)/minilm-rt
 
 coldstart: $(STAMP) ## Cold start (spawn to first successful /predict) and peak RSS, median of 5
 	$(PYTHON) -m benchmarks.coldstart --runs 5 $(DEFAULT_MODEL)
