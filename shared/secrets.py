@@ -3,8 +3,8 @@
 `install(app, settings, metrics)` adds the API-key middleware when API_KEYS is set and returns a
 start hook that resolves every secret setting (reading Vault references through `SecretStore`)
 and hands the keys to the middleware. If a required secret cannot be read, the hook raises a
-`SecretError` whose message names the setting and the reference, never a value, and the function
-stays not ready with that reason.
+`SecretError` whose message names the setting and the reference, never a value; start-up retries
+it with backoff while readiness names the failing step.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ log = logging.getLogger("kubesentiment.secrets")
 
 class SecretsHook:
     """A start hook that resolves secrets and fills the API keys; `close` stops token renewal."""
+
+    step = "reading secrets from Vault"  # what readiness says while this hook runs
 
     def __init__(
         self,

@@ -1,6 +1,8 @@
 """OpenTelemetry tracing over OTLP/HTTP, set up only when a standard OTLP endpoint is configured.
 
-`setup(settings)` builds a TracerProvider with a BatchSpanProcessor and the OTLP/HTTP exporter;
+`setup(settings)` builds a TracerProvider with a BatchSpanProcessor and the OTLP/HTTP exporter
+(the processor's queue is bounded, OTEL_BSP_MAX_QUEUE_SIZE, 2048 spans by default, dropping the
+oldest when full, and exports from its own thread: a dead collector never slows a request);
 the SDK itself reads the standard variables (OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT, _HEADERS,
 _TIMEOUT, _COMPRESSION, OTEL_BSP_*, OTEL_TRACES_SAMPLER, OTEL_RESOURCE_ATTRIBUTES). `instrument`
 puts the maintained ASGI instrumentation outermost, so every request gets a server span whose
@@ -15,7 +17,9 @@ turns it into a parent context for the span that handles the event.
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +35,8 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SpanExporter
     from starlette.applications import Starlette
+
+log = logging.getLogger("kubesentiment.tracing")
 
 DEFAULT_SERVICE = "kubesentiment"
 # Probes and scrapes would otherwise open a span every few seconds. The instrumentation's own
@@ -95,10 +101,22 @@ def instrument(
     )
 
 
-def shutdown(provider: TracerProvider | None) -> None:
-    """Flush queued spans and stop the exporter (at process exit)."""
-    if provider is not None:
-        provider.shutdown()
+def shutdown(provider: TracerProvider | None, timeout_s: float) -> bool:
+    """Flush queued spans and stop the exporter within `timeout_s` (what is left of the shutdown
+    deadline); False when the flush did not finish in time and the rest of the spans is dropped.
+
+    The SDK's own shutdown waits up to 30 s for the batch processor plus an export (retried
+    against a dead collector), so it runs in a daemon thread that is waited for `timeout_s` only.
+    """
+    if provider is None:
+        return True
+    worker = threading.Thread(target=provider.shutdown, name="otel-shutdown", daemon=True)
+    worker.start()
+    worker.join(max(0.0, timeout_s))
+    if worker.is_alive():
+        log.warning("span flush did not finish by the shutdown deadline; queued spans dropped")
+        return False
+    return True
 
 
 def _span_details(scope: Scope) -> tuple[str, dict[str, Any]]:

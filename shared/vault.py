@@ -33,7 +33,12 @@ MAX_RETRY_S = 30.0
 
 
 class SecretError(RuntimeError):
-    """A secret cannot be resolved; the message names the setting and reference, never a value."""
+    """A secret cannot be resolved; the message names the setting and reference, never a value,
+    and `step` what failed, fit for the unauthenticated readiness answer (start-up retries it)."""
+
+    def __init__(self, message: str, *, step: str = "") -> None:
+        super().__init__(message)
+        self.step = step
 
 
 # The slice of hvac's client this module uses (hvac 2.x). `auth` and `secrets` are nested
@@ -166,8 +171,6 @@ class SecretStore:
             else:
                 self.values[name] = secret.get()
 
-    # -- public ---------------------------------------------------------------------------------
-
     async def start(self) -> None:
         """Log in, read every referenced secret (each is required) and start token renewal."""
         if not self.settings.vault_addr:
@@ -239,7 +242,9 @@ class SecretStore:
                 ttl, renewable = int(auth.get("lease_duration") or 0), bool(auth.get("renewable"))
         except Exception as e:
             reason = self._fail("login", f"{method} login to Vault", e)
-            raise SecretError(f"Vault login ({method}) failed: {reason}") from None
+            raise SecretError(
+                f"Vault login ({method}) failed: {reason}", step=f"logging in to Vault ({method})"
+            ) from None
         self._client = client
         self._granted_ttl = self._ttl = ttl
         self._renewable = renewable
@@ -266,7 +271,8 @@ class SecretStore:
                 reason = self._fail("read", f"{env} ({ref})", e)
                 if required:
                     raise SecretError(
-                        f"required secret {env} ({ref}) could not be read from Vault: {reason}"
+                        f"required secret {env} ({ref}) could not be read from Vault: {reason}",
+                        step=f"reading secret {env} from Vault",
                     ) from None
                 return  # keep every cached value as it was
         self.values.update(fresh)
@@ -289,8 +295,6 @@ class SecretStore:
         before = dict(self.values)
         self._read_all(False)
         return self.values != before
-
-    # -- the renewal task -------------------------------------------------------------------------
 
     def _plan(self) -> tuple[str | None, float]:
         delay = max(MIN_DELAY_S, self._ttl * RENEW_AT)

@@ -1,14 +1,17 @@
 """Serve one variant with uvicorn: `python -m functions.sentiment`.
 
-Settings come from the environment (see shared/config.py). On SIGTERM readiness turns false at
-once, uvicorn stops accepting connections and lets requests in flight finish within
-SHUTDOWN_TIMEOUT_SECONDS, then the lifespan drains the batch queue (Knative runtime contract:
-SIGTERM precedes shutdown).
+Settings come from the environment (see shared/config.py); a bad value exits with status 2 and
+a message naming the variable. On SIGTERM readiness turns false at once and one deadline is set,
+SHUTDOWN_TIMEOUT_SECONDS away: uvicorn stops accepting connections and lets requests in flight
+finish, the lifespan drains the batch queue and runs the closers (K_SINK flush), and the span
+flush runs last, each within what is left of that deadline (Knative runtime contract: SIGTERM
+precedes shutdown, SIGKILL follows after the termination grace period).
 """
 
 from __future__ import annotations
 
 import signal
+import socket
 import sys
 from types import FrameType
 
@@ -29,7 +32,7 @@ def main() -> None:
     logs.configure(settings.log_level, settings.log_format, settings.variant)
 
     from functions.sentiment.app import create_app
-    from functions.sentiment.lifecycle import begin_drain
+    from functions.sentiment.lifecycle import begin_drain, remaining
 
     # Tracing is process-wide (one global TracerProvider); without an OTLP endpoint `setup`
     # returns None and imports nothing from the SDK.
@@ -49,12 +52,19 @@ def main() -> None:
             if sig == signal.SIGTERM and sig in captured:
                 captured.remove(sig)
 
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            begin_drain(state)  # sets the deadline if no signal did (should_exit set directly)
+            # uvicorn sleeps 0.1 s before its graceful wait; both come out of the one deadline.
+            wait = max(0.0, remaining(state) - 0.1)
+            # uvicorn annotates it as int, but hands it to asyncio.wait_for, which takes a float.
+            self.config.timeout_graceful_shutdown = wait  # type: ignore[assignment]
+            await super().shutdown(sockets)
+
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         log_config=log_config,
-        timeout_graceful_shutdown=int(settings.shutdown_timeout_s) or None,
         # Knative's queue-proxy keeps connections open; a short keep-alive would churn them.
         timeout_keep_alive=75,
         server_header=False,
@@ -62,7 +72,8 @@ def main() -> None:
     try:
         Server(config).run()
     finally:
-        tracing.shutdown(provider)  # flush the spans still queued in the batch processor
+        # The spans still queued in the batch processor, within what is left of the deadline.
+        tracing.shutdown(provider, remaining(state))
 
 
 if __name__ == "__main__":

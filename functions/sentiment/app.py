@@ -20,7 +20,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from functions.sentiment import cloudevents, kserve, rest
 from functions.sentiment.context import RequestContext
 from functions.sentiment.core import AppState, app_state, error_response, unexpected_response
-from functions.sentiment.lifecycle import StartHook, load_model, shutdown, startup
+from functions.sentiment.lifecycle import StartHook, load_model, remaining, shutdown, startup
 from shared.config import Settings
 from shared.errors import ApiError, MethodNotAllowed, NotFound
 from shared.metrics import Metrics
@@ -67,7 +67,7 @@ def create_app(
     start_hooks = [load_model, *(hooks or [])]
     if settings.k_sink:
         start_hooks.append(cloudevents.start_sink)
-        state.closers.append(lambda: cloudevents.stop_sink(state, settings.shutdown_timeout_s))
+        state.closers.append(lambda: cloudevents.stop_sink(state, remaining(state)))
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -53,6 +53,10 @@ class AppState:
     draining: bool = False
     not_ready_reason: str = "the model is loading"
     in_flight: int = 0
+    # False once start-up outlived STARTUP_TIMEOUT_SECONDS: liveness then fails (lifecycle).
+    live: bool = True
+    # time.monotonic() by which every shutdown step must be done; set when draining begins.
+    drain_deadline: float | None = None
     extras: dict[str, Any] = field(default_factory=dict)
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
@@ -199,11 +203,10 @@ def error_response(state: AppState, scope: Scope, error: ApiError) -> Response:
     variant = state.settings.variant
     state.metrics.errors.labels(template, error.type, variant).inc()
     if error.status in (429, 503):
-        reason = (
-            "overloaded"
-            if error.status == 429
-            else ("shutting_down" if state.draining else "not_ready")
-        )
+        # overloaded, not_ready or shutting_down, or a refusal's own type (sink_full).
+        reason = error.type
+        if error.type == NotReady.type and state.draining:
+            reason = "shutting_down"
         state.metrics.rejected.labels(template, reason, variant).inc()
     return JSONResponse(
         error_body(template, error, request_id_var.get()),

@@ -59,8 +59,11 @@ async def server_metadata(request: Request) -> Response:
 
 
 async def server_live(request: Request) -> Response:
-    """GET /v2/health/live: the process answers."""
-    return JSONResponse({"live": True})
+    """GET /v2/health/live: the process answers; 503 once start-up outlived
+    STARTUP_TIMEOUT_SECONDS (like /health/liveness)."""
+    if app_state(request).live:
+        return JSONResponse({"live": True})
+    return JSONResponse({"live": False}, status_code=503)
 
 
 async def server_ready(request: Request) -> Response:

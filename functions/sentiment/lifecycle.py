@@ -1,17 +1,26 @@
-"""Start-up and shutdown of a function: loading, readiness, drain.
+"""Start-up and shutdown of a function: loading, readiness, liveness, drain.
 
 Start-up runs in the background so the port answers at once: liveness is 200 from the first
 moment, readiness is 503 until the model directory is verified, the ONNX session built, a warm-up
 inference run and the secrets read. Knative's queue-proxy only sends traffic to a ready revision,
 so the first request after a scale from zero never meets a half-loaded model.
 
-On SIGTERM readiness turns false at once (`begin_drain`), accepted work finishes, then the
-batcher and the closers (K_SINK flush, Vault renewal) are stopped.
+Steps that depend on the network (Vault login and secret reads: a `SecretError`) are retried with
+exponential backoff (0.1 s doubling, capped at 2 s); meanwhile readiness names the step and the
+attempt, never an exception's text (that goes to the log). If start-up has not succeeded after
+STARTUP_TIMEOUT_SECONDS, liveness fails too (`state.live`), so the kubelet restarts the pod
+instead of leaving one that is alive but never ready.
+
+On SIGTERM readiness turns false at once (`begin_drain`) and one deadline is set, now +
+SHUTDOWN_TIMEOUT_SECONDS; every later step (uvicorn's graceful drain, the batch queue, the closers
+such as the K_SINK flush and Vault renewal, the span flush) gets only what is left of it
+(`remaining`), so together they end before the pod's termination grace period.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -21,10 +30,17 @@ from starlette.concurrency import run_in_threadpool
 from functions.sentiment.batching import Batcher, RunStats
 from functions.sentiment.core import AppState
 from functions.sentiment.model import Classifier
+from shared.vault import SecretError
 
 log = logging.getLogger("kubesentiment.app")
 
 StartHook = Callable[[AppState], Awaitable[None]]
+Sleep = Callable[[float], Awaitable[None]]
+
+RETRY_BASE_S = 0.1
+RETRY_CAP_S = 2.0
+# What readiness says while a hook runs, by the hook's name (a hook may carry its own `step`).
+STEPS = {"load_model": "loading the model", "start_sink": "starting the K_SINK sender"}
 
 
 async def load_model(state: AppState) -> None:
@@ -68,15 +84,65 @@ async def load_model(state: AppState) -> None:
     m.model_info.labels(s.variant, mf.name, mf.version, mf.precision).set(1)
 
 
-async def startup(state: AppState, hooks: list[StartHook]) -> None:
-    """Run the start hooks in order; the app is ready only when all succeeded."""
+def retry_delay(attempt: int) -> float:
+    """Seconds before retrying a failed start-up step after its attempt number `attempt`."""
+    return float(min(RETRY_CAP_S, RETRY_BASE_S * 2.0 ** (attempt - 1)))
+
+
+def step_of(hook: StartHook) -> str:
+    """The readiness wording of a start hook: its `step` attribute, else from its name."""
+    step = getattr(hook, "step", None)
+    if isinstance(step, str):
+        return step
+    name = getattr(hook, "__name__", "")
+    return STEPS.get(name, f"running start step {name or type(hook).__name__}")
+
+
+async def _run_step(state: AppState, hook: StartHook, sleep: Sleep) -> None:
+    step = step_of(hook)
+    attempt = 1
+    state.not_ready_reason = step
+    while True:
+        try:
+            await hook(state)
+            return
+        except SecretError as e:
+            # A network step (Vault): the error's `step` says what failed without its text,
+            # which SecretStore has already logged and counted.
+            step = e.step or step
+            delay = retry_delay(attempt)
+            state.not_ready_reason = f"{step} (attempt {attempt}, retrying)"
+            log.warning(
+                "start-up step failed, retrying",
+                extra={"step": step, "attempt": attempt, "retry_in_s": delay},
+            )
+            await sleep(delay)
+            attempt += 1
+        except Exception:
+            # Not a network step (a missing model file...): retrying cannot help. Stay not ready;
+            # the start-up deadline then fails liveness and the restart makes it visible.
+            state.not_ready_reason = f"start-up failed while {step}; see the function's logs"
+            log.error("start-up failed while %s, staying not ready", step, exc_info=True)
+            await asyncio.Event().wait()
+
+
+async def startup(state: AppState, hooks: list[StartHook], *, sleep: Sleep = asyncio.sleep) -> None:
+    """Run the start hooks in order within STARTUP_TIMEOUT_SECONDS; ready when all succeeded,
+    not live when the deadline passed first."""
     s = state.settings
     try:
-        for hook in hooks:
-            await hook(state)
-    except Exception as e:
-        state.not_ready_reason = f"start-up failed: {e}"
-        log.error("start-up failed, staying not ready: %s", e, exc_info=True)
+        async with asyncio.timeout(s.startup_timeout_s):
+            for hook in hooks:
+                await _run_step(state, hook, sleep)
+    except TimeoutError:
+        state.live = False
+        state.not_ready_reason = (
+            f"start-up did not finish within {s.startup_timeout_s:g} s "
+            f"({state.not_ready_reason}); liveness now fails so the pod is restarted"
+        )
+        log.error(
+            "start-up timed out, liveness now fails", extra={"reason": state.not_ready_reason}
+        )
         return
     state.ready = True
     state.metrics.model_ready.labels(s.variant).set(1)
@@ -86,23 +152,42 @@ async def startup(state: AppState, hooks: list[StartHook]) -> None:
 
 
 async def shutdown(state: AppState, startup_task: asyncio.Task[None]) -> None:
-    """Refuse new work, let accepted work finish within the timeout, then release the model."""
+    """Refuse new work, let accepted work finish within what is left of the shutdown deadline,
+    then release the model and run the closers (each bounded by the same deadline)."""
     begin_drain(state)
     if not startup_task.done():
         startup_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await startup_task
     if state.batcher is not None:
-        finished = await state.batcher.drain(state.settings.shutdown_timeout_s)
+        finished = await state.batcher.drain(remaining(state))
         if not finished:
-            log.warning("shutdown timeout reached with work still queued")
+            log.warning("shutdown deadline reached with work still queued")
         await state.batcher.close()
     for close in reversed(state.closers):
-        await close()
-    log.info("stopped")
+        try:
+            # A closer is given the remaining time itself; this bound only guards a closer that
+            # overruns it (its work is cancelled).
+            await asyncio.wait_for(close(), timeout=remaining(state) + 0.05)
+        except TimeoutError:
+            log.warning("a shutdown step overran the deadline and was cancelled")
+        except Exception:
+            log.error("a shutdown step failed", exc_info=True)
+    log.info("stopped", extra={"deadline_left_s": round(remaining(state), 3)})
 
 
 def begin_drain(state: AppState) -> None:
-    """Turn readiness false and refuse new inference work (SIGTERM, Knative runtime contract)."""
+    """Turn readiness false, refuse new inference work and set the one shutdown deadline
+    (SIGTERM, Knative runtime contract); later calls keep the first deadline."""
     if not state.draining:
         state.draining = True
+        state.drain_deadline = time.monotonic() + state.settings.shutdown_timeout_s
         state.metrics.model_ready.labels(state.settings.variant).set(0)
         log.info("draining: readiness is now false")
+
+
+def remaining(state: AppState) -> float:
+    """Seconds left before the shutdown deadline (the whole timeout before draining begins)."""
+    if state.drain_deadline is None:
+        return state.settings.shutdown_timeout_s
+    return max(0.0, state.drain_deadline - time.monotonic())

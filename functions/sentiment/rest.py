@@ -36,8 +36,15 @@ async def predict(request: Request, state: AppState) -> Response:
 
 
 async def liveness(request: Request) -> Response:
-    """GET /health/liveness: the process is up and its event loop answers."""
-    return JSONResponse({"status": "alive"})
+    """GET /health/liveness: the event loop answers; 503 once start-up outlived
+    STARTUP_TIMEOUT_SECONDS, so the kubelet restarts the pod."""
+    state = app_state(request)
+    if state.live:
+        return JSONResponse({"status": "alive"})
+    return JSONResponse(
+        NotReady(f"not live: {state.not_ready_reason}").body(request_id_var.get()),
+        status_code=503,
+    )
 
 
 async def readiness(request: Request) -> Response:
