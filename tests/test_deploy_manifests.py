@@ -83,7 +83,7 @@ def test_every_document_is_valid(target: str) -> None:
     docs = render_path(target)
     assert len(docs) >= 3
     errors = [error for doc in docs for error in schemas.validate(doc)]
-    assert errors == []
+    assert errors == [], "\n".join(["schema errors:", *errors])
 
 
 @pytest.mark.parametrize("target", list(targets()))
