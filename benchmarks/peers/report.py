@@ -181,6 +181,15 @@ def _cell(value: Any, fmt: str) -> str:
     return "-" if value is None else fmt.format(value)
 
 
+def table(systems: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """The results table as Markdown lines (docs/peers.md and the README)."""
+    lines = ["| system | " + " | ".join(c[1] for c in COLUMNS) + " |"]
+    lines.append("|---|" + "---:|" * len(COLUMNS))
+    for key, v in systems.items():
+        lines.append(f"| {key} | " + " | ".join(_cell(v.get(c[0]), c[2]) for c in COLUMNS) + " |")
+    return lines
+
+
 def markdown(results: Mapping[str, Any]) -> str:
     """docs/peers.md."""
     m, systems = results["machine"], results["systems"]
@@ -196,11 +205,8 @@ def markdown(results: Mapping[str, Any]) -> str:
         "options, except the FastAPI baselines (PyTorch fp32, same fine-tuned weights). One "
         "text per request; the load generator shares the cores.",
         "",
-        "| system | " + " | ".join(c[1] for c in COLUMNS) + " |",
-        "|---|" + "---:|" * len(COLUMNS),
+        *table(systems),
     ]
-    for key, v in systems.items():
-        lines.append(f"| {key} | " + " | ".join(_cell(v.get(c[0]), c[2]) for c in COLUMNS) + " |")
     ceiling = results["ceiling"]
     lines += [
         "",
