@@ -108,6 +108,14 @@ class NotReady(ApiError):
     type = "not_ready"
 
 
+class SinkFull(ApiError):
+    """SINK_MAX_PENDING result events already wait for K_SINK: the event is refused before it is
+    computed (503 with Retry-After, so the Broker redelivers it later)."""
+
+    status = 503
+    type = "sink_full"
+
+
 class InternalError(ApiError):
     """An unexpected failure; details are logged, never returned."""
 

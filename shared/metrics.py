@@ -48,6 +48,7 @@ class Metrics:
     secret_failures: Counter
     auth_failures: Counter
     events_sent: Counter
+    sink_pending: Gauge
 
     @classmethod
     def create(cls, registry: CollectorRegistry = REGISTRY) -> Metrics:
@@ -77,7 +78,7 @@ class Metrics:
             rejected=Counter(
                 f"{p}_rejected_requests_total",
                 "Requests refused with 429 or 503, by reason "
-                "(overloaded, not_ready, shutting_down).",
+                "(overloaded, not_ready, shutting_down, sink_full).",
                 ["route", "reason", "variant"],
                 registry=registry,
             ),
@@ -172,8 +173,16 @@ class Metrics:
             ),
             events_sent=Counter(
                 f"{p}_events_sent_total",
-                "Result CloudEvents sent to K_SINK, by outcome (success, failure).",
+                "Result CloudEvents sent to K_SINK, by outcome (success, failure: given up "
+                "after retries or cancelled at the shutdown deadline).",
                 ["outcome", "variant"],
+                registry=registry,
+            ),
+            sink_pending=Gauge(
+                f"{p}_sink_pending",
+                "Result CloudEvents being computed or delivered to K_SINK (at most "
+                "SINK_MAX_PENDING; beyond it CloudEvent requests get 503).",
+                ["variant"],
                 registry=registry,
             ),
         )

@@ -69,10 +69,11 @@ class OpenBao:
         self.signing_key = rsa_key()
 
     @classmethod
-    def start(cls, deadline_s: float = 30.0) -> OpenBao:
-        """Start a dev server, wait until it is healthy, and configure auth methods and policy."""
+    def start(cls, deadline_s: float = 30.0, *, port: int | None = None) -> OpenBao:
+        """Start a dev server (on `port`, else a free one), wait until it is healthy, and configure
+        auth methods and policy."""
         binary = bao_binary()
-        port = free_port()
+        port = port or free_port()
         home = Path(tempfile.mkdtemp(prefix="openbao-"))
         # HOME is private so the dev server's token helper file lands in the temp dir.
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home)}

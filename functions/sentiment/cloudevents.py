@@ -48,7 +48,7 @@ from functions.sentiment.inputs import (
     shown,
 )
 from functions.sentiment.model import Prediction
-from functions.sentiment.sink import EventSink
+from functions.sentiment.sink import EventSink, Send
 from shared.errors import ApiError, InvalidEvent, UnsupportedEventType
 from shared.tracing import extract_event_context
 
@@ -197,6 +197,16 @@ async def answer(state: AppState, event: BaseCloudEvent) -> CloudEvent:
 @inference
 async def receive(request: Request, state: AppState) -> Response:
     """POST /: a CloudEvent in, its reply CloudEvent out (same content mode)."""
+    sink: EventSink | None = state.extras.get("sink")
+    if sink is None:
+        return await _receive(request, state, None)
+    # K_SINK's queue is bounded: the result's place is taken before the body is read, so a full
+    # queue answers 503 + Retry-After (the Broker redelivers) instead of dropping a result.
+    with sink.reserve() as send:
+        return await _receive(request, state, send)
+
+
+async def _receive(request: Request, state: AppState, send: Send | None) -> Response:
     s = state.settings
     body = await read_body(request, s.max_body_bytes, s.body_timeout_s)
     event, structured = parse_event(request.headers, body)
@@ -219,9 +229,8 @@ async def receive(request: Request, state: AppState) -> Response:
         for key in ("traceparent", "tracestate"):
             if key in carrier:
                 reply.get_attributes()[key] = carrier[key]
-    sink: EventSink | None = state.extras.get("sink")
-    if sink is not None:
-        sink.send(reply)
+    if send is not None:
+        send(reply)
     message = ce_http.to_structured_event(reply) if structured else ce_http.to_binary_event(reply)
     return Response(message.body, status_code=200, headers=message.headers)
 
@@ -230,7 +239,13 @@ async def start_sink(state: AppState) -> None:
     """Start hook: when K_SINK is set, result events are also posted there."""
     url = state.settings.k_sink
     if url:
-        state.extras["sink"] = EventSink(url, state.metrics, state.settings.variant)
+        state.extras["sink"] = EventSink(
+            url,
+            state.metrics,
+            state.settings.variant,
+            max_pending=state.settings.sink_max_pending,
+            retry_after_s=state.settings.retry_after_s,
+        )
         log.info("result events also go to K_SINK")
 
 

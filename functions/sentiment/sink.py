@@ -5,7 +5,14 @@ settings, never from a request, so a caller cannot make the function post anywhe
 follows the rules a Knative Broker applies to its own subscribers: 2xx is delivered; 408, 409, 429
 and 5xx (and connection errors) are retried with exponential backoff, honouring Retry-After when it
 asks for longer; any other 4xx is final. Each event is counted once in
-`kubesentiment_events_sent_total{outcome}` as `success` or `failure`.
+`kubesentiment_events_sent_total{outcome}` as `success` or `failure` (given up after its retries,
+or cancelled by the shutdown deadline).
+
+Memory is bounded: at most SINK_MAX_PENDING events are accepted and not yet delivered or given up
+(`kubesentiment_sink_pending`). A CloudEvent request takes its place (`reserve`) before anything is
+computed; when none is left it is refused with 503 and Retry-After (`SinkFull`, counted in
+`kubesentiment_rejected_requests_total{reason="sink_full"}`), so the Broker redelivers it later and
+no result is ever dropped without a count.
 """
 
 from __future__ import annotations
@@ -13,12 +20,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 
 import httpx
 from cloudevents.core.base import BaseCloudEvent
 from cloudevents.core.bindings import http as ce_http
 
+from shared.errors import SinkFull
 from shared.metrics import Metrics
 
 log = logging.getLogger("kubesentiment.sink")
@@ -27,6 +35,7 @@ log = logging.getLogger("kubesentiment.sink")
 RETRIED_STATUSES = frozenset({404, 408, 409, 429})
 
 Sleep = Callable[[float], Awaitable[None]]
+Send = Callable[[BaseCloudEvent], None]
 
 
 def backoff_delay(attempt: int, base_s: float, cap_s: float, retry_after: str | None) -> float:
@@ -40,7 +49,8 @@ def backoff_delay(attempt: int, base_s: float, cap_s: float, retry_after: str | 
 
 
 class EventSink:
-    """Posts events to one sink URL from background tasks; `close()` waits for them."""
+    """Posts events to one sink URL from background tasks, at most `max_pending` at a time;
+    `close()` waits for them."""
 
     def __init__(
         self,
@@ -48,6 +58,8 @@ class EventSink:
         metrics: Metrics,
         variant: str,
         *,
+        max_pending: int = 1024,
+        retry_after_s: int = 1,
         attempts: int = 5,
         backoff_s: float = 0.2,
         max_backoff_s: float = 5.0,
@@ -56,6 +68,8 @@ class EventSink:
         sleep: Sleep = asyncio.sleep,
     ) -> None:
         self.url = url
+        self.max_pending = max_pending
+        self.retry_after_s = retry_after_s
         self.attempts = attempts
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
@@ -64,17 +78,61 @@ class EventSink:
         self._sleep = sleep
         self._client = httpx.AsyncClient(timeout=timeout_s, transport=transport)
         self._tasks: set[asyncio.Task[bool]] = set()
+        self._reserved = 0
+        self._gauge = metrics.sink_pending.labels(variant)
+        self._gauge.set(0)
 
     @property
     def pending(self) -> int:
-        """Events accepted and not yet delivered or given up."""
-        return len(self._tasks)
+        """Places taken: events being computed or delivered, not yet delivered or given up."""
+        return len(self._tasks) + self._reserved
+
+    @contextlib.contextmanager
+    def reserve(self) -> Iterator[Send]:
+        """Take a place for one event before computing it; SinkFull (503) when none is left.
+
+        Yields the function that sends the event; a place not used by the end of the block (the
+        request failed) is given back.
+        """
+        if self.pending >= self.max_pending:
+            raise SinkFull(
+                f"{self.pending} result events are waiting for K_SINK (SINK_MAX_PENDING); "
+                "retry later",
+                headers={"Retry-After": str(self.retry_after_s)},
+            )
+        self._reserved += 1
+        self._gauge.set(self.pending)
+        used = False
+
+        def send(event: BaseCloudEvent) -> None:
+            nonlocal used
+            if used:
+                raise RuntimeError("one reservation sends one event")
+            used = True
+            self._reserved -= 1
+            self._start(event)
+
+        try:
+            yield send
+        finally:
+            if not used:
+                self._reserved -= 1
+                self._gauge.set(self.pending)
 
     def send(self, event: BaseCloudEvent) -> None:
-        """Deliver `event` in the background (binary content mode)."""
+        """Deliver `event` in the background (binary content mode), within the bound."""
+        with self.reserve() as send:
+            send(event)
+
+    def _start(self, event: BaseCloudEvent) -> None:
         task = asyncio.create_task(self.deliver(event), name="sink-send")
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._done)
+        self._gauge.set(self.pending)
+
+    def _done(self, task: asyncio.Task[bool]) -> None:
+        self._tasks.discard(task)
+        self._gauge.set(self.pending)
 
     async def deliver(self, event: BaseCloudEvent) -> bool:
         """Post one event with retries; True when the sink accepted it."""
