@@ -34,7 +34,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from functions.sentiment import openapi
 from functions.sentiment.core import AppState, classify, inference, prediction_json
 from functions.sentiment.inputs import (
     BAD_CHARS,
@@ -43,11 +42,19 @@ from functions.sentiment.inputs import (
     ItemError,
     decode_json,
     is_json,
+    kind,
     parse_items,
     read_body,
     shown,
 )
 from functions.sentiment.model import Prediction
+from functions.sentiment.schemas import (
+    MAX_ATTRIBUTE_CHARS,
+    REQUEST_ID_EXTENSION,
+    REQUEST_TYPE,
+    RESPONSE_TYPE,
+    STRUCTURED_JSON,
+)
 from functions.sentiment.sink import EventSink, Send
 from shared.errors import ApiError, InvalidEvent, UnsupportedEventType
 from shared.tracing import extract_event_context
@@ -55,13 +62,9 @@ from shared.tracing import extract_event_context
 log = logging.getLogger("kubesentiment.cloudevents")
 tracer = trace.get_tracer("kubesentiment")
 
-REQUEST_TYPE = "dev.kubesentiment.sentiment.requested"
-RESPONSE_TYPE = "dev.kubesentiment.sentiment.completed"
-REQUEST_ID_EXTENSION = "requestid"
 SPECVERSION = "1.0"
 REQUIRED_ATTRIBUTES = ("id", "source", "specversion", "type")
-STRUCTURED_JSON = "application/cloudevents+json"
-MAX_ATTRIBUTE_CHARS = 1024
+
 _ATTRIBUTE_NAME = re.compile("[a-z0-9]{1,20}")
 _FORMAT = JSONFormat()
 
@@ -73,20 +76,42 @@ def _strict_v1(attributes: dict[str, Any], data: dict[str, Any] | str | bytes | 
     if missing:
         raise InvalidEvent(f"the event lacks required attribute(s): {', '.join(missing)}")
     for name, value in attributes.items():
-        # CloudEvents 1.0: names are 1-20 lowercase letters or digits; a String holds no control
-        # characters or surrogates. Values are bounded so none is absurd to log or echo.
+        # CloudEvents 1.0: names are 1-20 lowercase letters or digits; values are a String (no
+        # control characters), an Integer (32-bit) or a Boolean; `time` is parsed by the SDK.
         if not isinstance(name, str) or not _ATTRIBUTE_NAME.fullmatch(name):
             raise InvalidEvent(f"attribute name {shown(name)} is not 1-20 lowercase letters/digits")
-        if isinstance(value, str):
-            if len(value) > MAX_ATTRIBUTE_CHARS:
-                raise InvalidEvent(
-                    f"attribute {name} has {len(value)} characters, more than {MAX_ATTRIBUTE_CHARS}"
-                )
-            if BAD_CHARS.search(value):
-                raise InvalidEvent(f"attribute {name} holds a control character or a surrogate")
-    if attributes["specversion"] != SPECVERSION:
-        raise InvalidEvent(f"specversion must be {SPECVERSION}, got {attributes['specversion']!r}")
+        if isinstance(value, float) and value.is_integer():
+            attributes[name] = value = int(value)
+        problem = _attribute_problem(value)
+        if problem is not None and name != "time":
+            raise InvalidEvent(f"attribute {name} {problem}")
     return CloudEvent(attributes, data)
+
+
+def _attribute_problem(value: Any) -> str | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return None if -(2**31) <= value < 2**31 else "is outside the 32-bit Integer range"
+    if not isinstance(value, str):
+        return f"must be a string, an integer or a boolean, got {kind(value)}"
+    if len(value) > MAX_ATTRIBUTE_CHARS:
+        return f"has {len(value)} characters, more than {MAX_ATTRIBUTE_CHARS}"
+    return "holds a control character" if BAD_CHARS.search(value) else None
+
+
+def _check_duplicate_headers(headers: Mapping[str, str]) -> None:
+    # HTTP binding 3.2: a structured message MAY also carry the binary-mode ce-* headers. The body
+    # is authoritative, but a header that is present must still be a valid value for its
+    # attribute: a message that contradicts itself this way is malformed.
+    for attr, expected in (("specversion", SPECVERSION), ("type", REQUEST_TYPE)):
+        value = headers.get(f"ce-{attr}")
+        if value is not None and value != expected:
+            raise InvalidEvent(f"the ce-{attr} header {shown(value)} is not {expected!r}")
+    for attr in ("id", "source"):
+        value = headers.get(f"ce-{attr}")
+        if value is not None and not 0 < len(value.strip()) <= MAX_ATTRIBUTE_CHARS:
+            raise InvalidEvent(f"the ce-{attr} header must be 1-{MAX_ATTRIBUTE_CHARS} characters")
 
 
 def parse_event(headers: Mapping[str, str], body: bytes) -> tuple[BaseCloudEvent, bool]:
@@ -110,6 +135,8 @@ def parse_event(headers: Mapping[str, str], body: bytes) -> tuple[BaseCloudEvent
             decode_json(body, "the event" if structured else "the event data")
         except ApiError as e:
             raise InvalidEvent(e.message) from None
+    if structured:
+        _check_duplicate_headers(headers)
     message = ce_http.HTTPMessage(headers=dict(headers), body=body)
     try:
         if structured:
@@ -259,45 +286,3 @@ async def stop_sink(state: AppState, timeout_s: float) -> None:
 def routes() -> list[BaseRoute]:
     """The CloudEvents route (the function's root, where Triggers deliver)."""
     return [Route("/", receive, methods=["POST"])]
-
-
-OPENAPI_PATHS: dict[str, dict[str, Any]] = {
-    "/": {
-        "post": {
-            "summary": "Classify the texts of a CloudEvent (binary or structured mode)",
-            "description": (
-                f'Request type `{REQUEST_TYPE}` with data `{{"texts": [...]}}` or '
-                f'`{{"items": [{{"id", "text"}}]}}`. The reply event has type '
-                f"`{RESPONSE_TYPE}`, the request's subject, the `{REQUEST_ID_EXTENSION}` extension "
-                'and data `{"results": [...]}` with one prediction or error per item, in order.'
-            ),
-            "requestBody": {
-                "required": True,
-                "content": {
-                    STRUCTURED_JSON: {"schema": {"type": "object"}},
-                    "application/json": {"schema": {"type": "object"}},
-                },
-            },
-            "responses": {
-                "200": {"description": "The reply CloudEvent, in the request's content mode"},
-                **{
-                    code: {
-                        "description": text,
-                        "content": {
-                            "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}
-                        },
-                    }
-                    for code, text in (
-                        ("400", "Malformed event or data, or an unsupported event type"),
-                        ("401", "Missing or invalid API key"),
-                        ("413", "Body larger than MAX_BODY_BYTES"),
-                        ("429", "Overloaded; retry after Retry-After seconds"),
-                        ("503", "Not ready or shutting down; retry after Retry-After seconds"),
-                    )
-                },
-            },
-        }
-    }
-}
-
-openapi.EXTRA_PATHS.update(OPENAPI_PATHS)

@@ -171,7 +171,7 @@ async def read_json(request: Request, limit: int, timeout_s: float) -> Any:
 def check_text(text: Any, max_chars: int) -> str | None:
     """The reason a value is not a usable text, or None when it is."""
     if not isinstance(text, str):
-        return f"must be a string, got {_kind(text)}"
+        return f"must be a string, got {kind(text)}"
     if not text.strip():
         return "must not be empty or whitespace"
     if len(text) > max_chars:
@@ -190,7 +190,8 @@ def _bad_char(text: str) -> str | None:
     return f"contains {kind}, U+{code:04X}, at position {match.start()}"
 
 
-def _kind(value: Any) -> str:
+def kind(value: Any) -> str:
+    """The JSON type name of a decoded value, for error messages."""
     return {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}.get(
         type(value), "number" if isinstance(value, int | float) else type(value).__name__
     )
@@ -199,6 +200,8 @@ def _kind(value: Any) -> str:
 def _check_id(value: Any) -> str | None:
     if value is None:
         return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # JSON Schema counts 2.0 as an integer
     if isinstance(value, str):
         if len(value) > MAX_ID_CHARS:
             return f"id has {len(value)} characters, more than the limit of {MAX_ID_CHARS}"
@@ -208,13 +211,13 @@ def _check_id(value: Any) -> str | None:
         if abs(value) > MAX_ID_INT:
             return f"id {shown(value, 30)} is outside -2^53..2^53"
         return None
-    return f"id must be a string or an integer, got {_kind(value)}"
+    return f"id must be a string or an integer, got {kind(value)}"
 
 
 def parse_items(raw: Any, *, max_texts: int, max_chars: int) -> list[Item | ItemError]:
     """A list of texts (strings or {"id", "text"} objects) as items and per-item errors."""
     if not isinstance(raw, list):
-        raise InvalidInput(f"'texts' must be an array, got {_kind(raw)}")
+        raise InvalidInput(f"'texts' must be an array, got {kind(raw)}")
     if not raw:
         raise InvalidInput("'texts' must hold at least one text")
     if len(raw) > max_texts:
@@ -256,7 +259,7 @@ class PredictRequest:
 def parse_predict(data: Any, *, max_texts: int, max_chars: int) -> PredictRequest:
     """Validate a /predict body: {"text": ...} or {"texts": [...]}, optional id and long_text."""
     if not isinstance(data, Mapping):
-        raise InvalidInput(f"the body must be a JSON object, got {_kind(data)}")
+        raise InvalidInput(f"the body must be a JSON object, got {kind(data)}")
     long_text = data.get("long_text")
     if long_text is not None and long_text not in LONG_TEXT_MODES:
         raise InvalidInput(f"'long_text' must be one of {', '.join(LONG_TEXT_MODES)}")

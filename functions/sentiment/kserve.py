@@ -19,7 +19,6 @@ retry them. Readiness that is false answers 503 (with `{"ready": false}`), like 
 
 from __future__ import annotations
 
-import json
 import struct
 from typing import Any
 
@@ -27,15 +26,25 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from functions.sentiment import openapi
 from functions.sentiment.core import AppState, app_state, classify, inference
-from functions.sentiment.inputs import LONG_TEXT_MODES, check_text, read_body
+from functions.sentiment.inputs import (
+    LONG_TEXT_MODES,
+    check_text,
+    decode_json,
+    kind,
+    read_body,
+    shown,
+)
 from functions.sentiment.model import Classifier
-from shared.errors import ApiError, InvalidJson, NotFound
+from functions.sentiment.schemas import MAX_NAME_CHARS, OUTPUTS
+from shared.errors import ApiError, NotFound
 
 SERVER_NAME = "kubesentiment"
 SERVER_VERSION = "0.1.0"
-OUTPUT_NAMES = ("label", "score", "probabilities")
+OUTPUT_NAMES = OUTPUTS
+REQUEST_FIELDS = frozenset({"id", "parameters", "inputs", "outputs"})
+TENSOR_FIELDS = frozenset({"name", "shape", "datatype", "parameters", "data"})
+OUTPUT_FIELDS = frozenset({"name", "parameters"})
 HEADER_LENGTH = "inference-header-content-length"
 
 
@@ -49,7 +58,9 @@ class BadRequest(ApiError):
 def _model(state: AppState, name: str) -> Classifier:
     classifier, _ = state.require_ready()
     if name not in (classifier.manifest.name, state.settings.variant):
-        raise NotFound(f"unknown model {name!r}; this function serves {classifier.manifest.name!r}")
+        raise NotFound(
+            f"unknown model {shown(name)}; this function serves {classifier.manifest.name!r}"
+        )
     return classifier
 
 
@@ -110,17 +121,15 @@ def split_body(body: bytes, header_length: str | None) -> tuple[Any, bytes]:
     if header_length is None:
         json_part, tail = body, b""
     else:
-        try:
-            n = int(header_length)
-        except ValueError:
-            raise BadRequest("Inference-Header-Content-Length is not a number") from None
+        if not header_length.isascii() or not header_length.strip().isdigit():
+            raise BadRequest(
+                f"Inference-Header-Content-Length is not a number: {shown(header_length)}"
+            )
+        n = int(header_length)
         if not 0 < n <= len(body):
             raise BadRequest("Inference-Header-Content-Length is outside the body")
         json_part, tail = body[:n], body[n:]
-    try:
-        return json.loads(json_part), tail
-    except ValueError as e:
-        raise InvalidJson(f"the request body is not valid JSON: {e}") from None
+    return decode_json(json_part), tail
 
 
 def decode_bytes_tensor(blob: bytes) -> list[bytes]:
@@ -138,15 +147,54 @@ def decode_bytes_tensor(blob: bytes) -> list[bytes]:
     return out
 
 
-def _texts(payload: Any, tail: bytes, *, max_texts: int, max_chars: int) -> list[str]:
-    if not isinstance(payload, dict):
-        raise BadRequest("the request must be a JSON object with 'inputs'")
+def _object(value: Any, what: str, allowed: frozenset[str] | None = None) -> dict[str, Any]:
+    """`value` as a JSON object, refusing another type or (with `allowed`) unknown fields."""
+    if not isinstance(value, dict):
+        raise BadRequest(f"{what} must be a JSON object, got {kind(value)}")
+    if allowed is not None and not value.keys() <= allowed:
+        raise BadRequest(f"unknown field(s) in {what}: {shown(sorted(value.keys() - allowed))}")
+    return value
+
+
+def _string(value: Any, what: str, shortest: int = 1) -> str:
+    if not isinstance(value, str) or not shortest <= len(value) <= MAX_NAME_CHARS:
+        raise BadRequest(f"{what} must be a string of {shortest}-{MAX_NAME_CHARS} characters")
+    return value
+
+
+def _binary_texts(tail: bytes) -> list[Any]:
+    texts = []
+    for index, element in enumerate(decode_bytes_tensor(tail)):
+        try:
+            texts.append(element.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            raise BadRequest(f"BYTES element {index} is not UTF-8 (offset {e.start})") from None
+    return texts
+
+
+def _json_texts(data: Any) -> list[Any]:
+    if not isinstance(data, list):
+        raise BadRequest(f"input 'data' must be an array of strings, got {kind(data)}")
+    rows = [isinstance(x, list) for x in data]
+    if not any(rows):
+        return data
+    # Row-major data may come one list per row ([N, 1]): every row then holds one text.
+    if not all(rows) or any(len(row) != 1 for row in data):
+        raise BadRequest("input 'data' must be flat, or one single-element array per row")
+    return [row[0] for row in data]
+
+
+def _texts(
+    payload: dict[str, Any], tail: bytes, binary: bool, limits: tuple[int, int]
+) -> list[str]:
+    max_texts, max_chars = limits
     inputs = payload.get("inputs")
-    if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
+    if not isinstance(inputs, list) or len(inputs) != 1:
         raise BadRequest("'inputs' must hold exactly one tensor: a BYTES tensor of texts")
-    tensor = inputs[0]
+    tensor = _object(inputs[0], "the input tensor", TENSOR_FIELDS)
+    _string(tensor.get("name"), "the input tensor's 'name'")
     if tensor.get("datatype") != "BYTES":
-        raise BadRequest(f"input datatype must be BYTES, got {tensor.get('datatype')!r}")
+        raise BadRequest(f"input datatype must be BYTES, got {shown(tensor.get('datatype'))}")
     shape = tensor.get("shape")
     if (
         not isinstance(shape, list)
@@ -154,26 +202,21 @@ def _texts(payload: Any, tail: bytes, *, max_texts: int, max_chars: int) -> list
         or len(shape) not in (1, 2)
         or (len(shape) == 2 and shape[1] != 1)
     ):
-        raise BadRequest(f"input shape must be [N] or [N, 1], got {shape!r}")
-    params = tensor.get("parameters") or {}
-    if isinstance(params, dict) and "binary_data_size" in params:
+        raise BadRequest(f"input shape must be [N] or [N, 1], got {shown(shape)}")
+    params = _object(tensor.get("parameters", {}), "the input tensor's 'parameters'")
+    if "binary_data_size" in params:
         size = params["binary_data_size"]
-        if not isinstance(size, int) or size != len(tail):
+        if not binary:
+            raise BadRequest("binary_data_size needs the Inference-Header-Content-Length header")
+        if not isinstance(size, int) or isinstance(size, bool) or size != len(tail):
             raise BadRequest("binary_data_size does not match the binary part of the body")
-        raw: list[Any] = []
-        for element in decode_bytes_tensor(tail):
-            try:
-                raw.append(element.decode("utf-8"))
-            except UnicodeDecodeError:
-                raise BadRequest("a BYTES element is not UTF-8 text") from None
+        raw = _binary_texts(tail)
+    elif "data" not in tensor:
+        raise BadRequest("the input tensor needs 'data' (or binary data)")
     else:
-        data = tensor.get("data")
-        if not isinstance(data, list):
-            raise BadRequest("input 'data' must be a list of strings")
-        # Row-major data may come flat or nested one list per row ([N, 1]).
-        raw = [x for row in data for x in row] if data and isinstance(data[0], list) else data
-    if len(raw) != shape[0] or not raw:
-        raise BadRequest(f"input shape {shape} does not match {len(raw)} data elements")
+        raw = _json_texts(tensor["data"])
+    if not raw or len(raw) != shape[0]:
+        raise BadRequest(f"input shape {shown(shape)} does not match {len(raw)} data elements")
     if len(raw) > max_texts:
         raise BadRequest(f"{len(raw)} texts, more than the limit of {max_texts}")
     for index, text in enumerate(raw):
@@ -184,18 +227,30 @@ def _texts(payload: Any, tail: bytes, *, max_texts: int, max_chars: int) -> list
 
 
 def _wanted(payload: dict[str, Any], available: list[str]) -> list[str]:
-    requested = payload.get("outputs")
-    if requested is None:
+    if "outputs" not in payload:
         return available
-    if not isinstance(requested, list) or not all(
-        isinstance(o, dict) and isinstance(o.get("name"), str) for o in requested
-    ):
-        raise BadRequest("'outputs' must be a list of objects with a 'name'")
-    names = [o["name"] for o in requested]
-    unknown = [n for n in names if n not in available]
-    if unknown:
-        raise BadRequest(f"unknown output(s) {unknown}; available: {available}")
+    requested = payload["outputs"]
+    if not isinstance(requested, list):
+        raise BadRequest(f"'outputs' must be an array, got {kind(requested)}")
+    names = []
+    for index, output in enumerate(requested):
+        entry = _object(output, f"outputs[{index}]", OUTPUT_FIELDS)
+        _object(entry.get("parameters", {}), f"outputs[{index}].parameters")
+        if entry.get("name") not in available:
+            raise BadRequest(f"unknown output {shown(entry.get('name'))}; available: {available}")
+        names.append(entry["name"])
     return names
+
+
+def _request(body: bytes, header_length: str | None) -> tuple[dict[str, Any], bytes]:
+    payload, tail = split_body(body, header_length)
+    payload = _object(payload, "the request", REQUEST_FIELDS)
+    if "id" in payload:
+        _string(payload["id"], "'id'", shortest=0)
+    params = _object(payload.get("parameters", {}), "'parameters'")
+    if params.get("long_text") not in (*LONG_TEXT_MODES, None):
+        raise BadRequest(f"parameters.long_text must be one of {', '.join(LONG_TEXT_MODES)}")
+    return payload, tail
 
 
 @inference
@@ -204,12 +259,11 @@ async def infer(request: Request, state: AppState) -> Response:
     classifier = _model(state, request.path_params["name"])
     s = state.settings
     body = await read_body(request, s.max_body_bytes, s.body_timeout_s)
-    payload, tail = split_body(body, request.headers.get(HEADER_LENGTH))
-    texts = _texts(payload, tail, max_texts=s.max_texts, max_chars=s.max_text_chars)
-    params = payload.get("parameters") or {}
-    long_text = params.get("long_text") if isinstance(params, dict) else None
-    if long_text is not None and long_text not in LONG_TEXT_MODES:
-        raise BadRequest(f"parameters.long_text must be one of {', '.join(LONG_TEXT_MODES)}")
+    header_length = request.headers.get(HEADER_LENGTH)
+    payload, tail = _request(body, header_length)
+    limits = (s.max_texts, s.max_text_chars)
+    texts = _texts(payload, tail, header_length is not None, limits)
+    long_text = payload.get("parameters", {}).get("long_text")
     available = [n for n in OUTPUT_NAMES if n != "score" or classifier.has_score]
     wanted = _wanted(payload, available)
     predictions = await classify(state, texts, long_text=long_text)
@@ -228,7 +282,7 @@ async def infer(request: Request, state: AppState) -> Response:
         "model_version": classifier.manifest.version,
         "outputs": [{"name": name, **tensors[name]} for name in wanted],
     }
-    if isinstance(payload.get("id"), str):
+    if "id" in payload:
         response["id"] = payload["id"]
     truncated = sum(p.truncated for p in predictions)
     response["parameters"] = {"truncated": truncated, "variant": s.variant}
@@ -245,80 +299,3 @@ def routes() -> list[BaseRoute]:
         Route("/v2/models/{name}/ready", model_ready, methods=["GET"]),
         Route("/v2/models/{name}/infer", infer, methods=["POST"]),
     ]
-
-
-_V2_ERROR = {
-    "type": "object",
-    "required": ["error"],
-    "properties": {"error": {"type": "string"}},
-}
-
-
-def _v2_json(description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {
-        "description": description,
-        "content": {"application/json": {"schema": schema or {"type": "object"}}},
-    }
-
-
-def _v2_errors(*codes: int) -> dict[str, Any]:
-    text = {
-        400: 'Request does not fit the protocol (body {"error": "..."})',
-        401: "Missing or invalid API key",
-        404: "Unknown model",
-        413: "Body larger than MAX_BODY_BYTES",
-        429: "Overloaded; retry after Retry-After seconds",
-        503: "Not ready or shutting down; retry after Retry-After seconds",
-    }
-    return {str(c): _v2_json(text[c], _V2_ERROR) for c in codes}
-
-
-_NAME = [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}]
-
-OPENAPI_PATHS: dict[str, dict[str, Any]] = {
-    "/v2": {
-        "get": {
-            "summary": "Open Inference Protocol: server metadata",
-            "responses": {"200": _v2_json("name, version, extensions")},
-        }
-    },
-    "/v2/health/live": {
-        "get": {
-            "summary": "Open Inference Protocol: server liveness",
-            "responses": {"200": _v2_json("live")},
-        }
-    },
-    "/v2/health/ready": {
-        "get": {
-            "summary": "Open Inference Protocol: server readiness",
-            "responses": {"200": _v2_json("ready"), "503": _v2_json("not ready")},
-        }
-    },
-    "/v2/models/{name}": {
-        "get": {
-            "summary": "Open Inference Protocol: model metadata (inputs, outputs, versions)",
-            "parameters": _NAME,
-            "responses": {"200": _v2_json("model metadata"), **_v2_errors(401, 404, 503)},
-        }
-    },
-    "/v2/models/{name}/ready": {
-        "get": {
-            "summary": "Open Inference Protocol: model readiness",
-            "parameters": _NAME,
-            "responses": {"200": _v2_json("ready"), **_v2_errors(404, 503)},
-        }
-    },
-    "/v2/models/{name}/infer": {
-        "post": {
-            "summary": "Open Inference Protocol: classify a BYTES tensor of texts",
-            "parameters": _NAME,
-            "requestBody": {"required": True, "content": {"application/json": {}}},
-            "responses": {
-                "200": _v2_json("outputs label (BYTES), score (FP32), probabilities (FP32 [N, C])"),
-                **_v2_errors(400, 401, 404, 413, 429, 503),
-            },
-        }
-    },
-}
-
-openapi.EXTRA_PATHS.update(OPENAPI_PATHS)

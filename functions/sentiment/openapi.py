@@ -1,170 +1,250 @@
-"""The OpenAPI 3.1 document served at `GET /openapi.json`.
+"""The OpenAPI 3.1 document served at `GET /openapi.json`: the contract, exact enough to fuzz.
 
-Written as data rather than generated from docstrings: every route is listed here and a test
-checks that the app's routes and this document agree in both directions.
+Written as data and built per function from its settings, so the limits a client meets
+(MAX_TEXTS, MAX_TEXT_CHARS, the model's name) are the limits the document states. Request bodies
+are exact: required fields, `oneOf` single/batch, `additionalProperties: false` wherever the code
+refuses unknown fields, and the text rule (not blank, no control characters or lone surrogates) as
+a pattern equal to the check in `inputs.check_text`. Every response lists its schema and headers.
+Schemathesis runs this document against a live server in `make test` (tests/test_schemathesis.py);
+a test also checks that the app's routes and this document agree in both directions.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from functions.sentiment.schemas import (
+    MAX_ATTRIBUTE_CHARS,
+    REQUEST_TYPE,
+    RESPONSE_TYPE,
+    STRUCTURED_JSON,
+    _ref,
+    schemas,
+)
+from shared.auth import OPEN_PATHS
 from shared.config import Settings
 
-_ERROR = {"$ref": "#/components/schemas/Error"}
-
-
-def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
-
-
-def _errors(*codes: int) -> dict[str, Any]:
-    text = {
-        400: "Invalid JSON or malformed CloudEvent",
-        401: "Missing or invalid API key",
-        404: "Unknown model",
-        413: "Body larger than MAX_BODY_BYTES",
-        415: "Wrong Content-Type",
-        422: "Body does not fit the schema",
-        429: "Overloaded; retry after Retry-After seconds",
-        503: "Not ready or shutting down; retry after Retry-After seconds",
-    }
-    return {str(c): _json(_ERROR, text[c]) for c in codes}
-
-
-# Paths served by every function, with the HTTP methods each accepts.
-PATHS: dict[str, dict[str, Any]] = {
-    "/predict": {
-        "post": {
-            "summary": "Classify one text or a batch of texts",
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "application/json": {"schema": {"$ref": "#/components/schemas/PredictRequest"}}
-                },
-            },
-            "responses": {
-                "200": _json(
-                    {
-                        "oneOf": [
-                            {"$ref": "#/components/schemas/Prediction"},
-                            {
-                                "type": "object",
-                                "properties": {
-                                    "results": {
-                                        "type": "array",
-                                        "items": {"$ref": "#/components/schemas/Prediction"},
-                                    }
-                                },
-                            },
-                        ]
-                    },
-                    "One prediction for `text`, or `results` in input order for `texts`",
-                ),
-                **_errors(400, 401, 413, 415, 422, 429, 503),
-            },
-        }
-    },
-    "/health/liveness": {
-        "get": {"summary": "Process is alive", "responses": {"200": {"description": "alive"}}}
-    },
-    "/health/readiness": {
-        "get": {
-            "summary": "Model loaded, warmed up and accepting work",
-            "responses": {"200": {"description": "ready"}, **_errors(503)},
-        }
-    },
-    "/model": {
-        "get": {
-            "summary": "The served model: name, version, labels, precision, max tokens, providers",
-            "responses": {"200": {"description": "model description"}, **_errors(401, 503)},
-        }
-    },
-    "/metrics": {
-        "get": {
-            "summary": "Prometheus metrics (text exposition format)",
-            "responses": {"200": {"description": "metrics", "content": {"text/plain": {}}}},
-        }
-    },
-    "/openapi.json": {
-        "get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI"}}}
-    },
+_STD = {
+    "X-Request-ID": {"$ref": "#/components/headers/XRequestID"},
+    "Server-Timing": {"$ref": "#/components/headers/ServerTiming"},
+}
+_RETRY = {**_STD, "Retry-After": {"$ref": "#/components/headers/RetryAfter"}}
+_ERROR_TEXT = {
+    400: "Invalid JSON (not UTF-8, NaN, too deep, lone surrogate) or a malformed request",
+    401: "Missing or invalid API key",
+    404: "Unknown model",
+    408: "The body did not arrive within BODY_TIMEOUT_SECONDS",
+    413: "Body larger than MAX_BODY_BYTES",
+    415: "Content-Type is not application/json, or a charset other than UTF-8",
+    422: "Well-formed JSON that does not fit the schema; the message names each bad field",
+    429: "Overloaded; retry after Retry-After seconds",
+    500: "A bug: the message never holds a stack trace (the log line has it, with the id)",
+    503: "Not ready or shutting down; retry after Retry-After seconds",
 }
 
-COMPONENTS: dict[str, Any] = {
-    "schemas": {
-        "Error": {
-            "type": "object",
-            "required": ["error"],
-            "properties": {
-                "error": {
-                    "type": "object",
-                    "required": ["type", "message", "request_id"],
-                    "properties": {
-                        "type": {"type": "string", "examples": ["invalid_input"]},
-                        "message": {"type": "string"},
-                        "request_id": {"type": ["string", "null"]},
-                    },
-                }
-            },
-        },
-        "Item": {
-            "type": "object",
-            "required": ["text"],
-            "properties": {
-                "id": {"type": ["string", "integer"]},
-                "text": {"type": "string", "minLength": 1},
-            },
-        },
-        "PredictRequest": {
-            "type": "object",
-            "properties": {
-                "text": {"type": "string", "minLength": 1},
-                "id": {"type": ["string", "integer"]},
-                "texts": {
-                    "type": "array",
-                    "minItems": 1,
-                    "items": {
-                        "oneOf": [
-                            {"type": "string", "minLength": 1},
-                            {"$ref": "#/components/schemas/Item"},
-                        ]
-                    },
-                },
-                "long_text": {"type": "string", "enum": ["truncate", "chunk"]},
-            },
-        },
-        "Prediction": {
-            "type": "object",
-            "required": ["label", "score", "probabilities", "truncated", "model", "variant"],
-            "properties": {
-                "id": {"type": ["string", "integer"]},
-                "label": {"type": "string"},
-                "score": {
-                    "type": ["number", "null"],
-                    "description": "P(positive) - P(negative), in [-1, 1]",
-                },
-                "probabilities": {"type": "object", "additionalProperties": {"type": "number"}},
-                "truncated": {"type": "boolean"},
-                "model": {"type": "string"},
-                "variant": {"type": "string"},
-            },
-        },
-    }
-}
 
-# Extra paths registered by optional features (CloudEvents, KServe v2) add themselves here.
-EXTRA_PATHS: dict[str, dict[str, Any]] = {}
-
-
-def document(settings: Settings) -> dict[str, Any]:
-    """The OpenAPI document for a function serving `settings.variant`."""
+def _reply(
+    schema: dict[str, Any],
+    description: str,
+    media: str = "application/json",
+    headers: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     return {
+        "description": description,
+        "headers": headers or _STD,
+        "content": {media: {"schema": schema}},
+    }
+
+
+def _errors(*codes: int, v2: bool = False) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for code in codes:
+        # The API-key middleware answers 401 in the main shape on every route.
+        schema = _ref("V2Error") if v2 and code != 401 else _ref("Error")
+        headers: dict[str, Any] = dict(_RETRY if code in (429, 503) else _STD)
+        if code == 401:
+            headers["WWW-Authenticate"] = {"$ref": "#/components/headers/WWWAuthenticate"}
+        out[str(code)] = {
+            "description": _ERROR_TEXT[code],
+            "headers": headers,
+            "content": {"application/json": {"schema": schema}},
+        }
+    return out
+
+
+def _op(summary: str, responses: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {"summary": summary, "responses": responses, **extra}
+
+
+def _body(schema: dict[str, Any], media: str = "application/json") -> dict[str, Any]:
+    return {"required": True, "content": {media: {"schema": schema}}}
+
+
+def paths(settings: Settings, model_names: list[str]) -> dict[str, Any]:
+    """Every route of the function, with its request body, responses and headers."""
+    name = [{"name": "name", "in": "path", "required": True, "schema": {"enum": model_names}}]
+    ce_headers = [
+        {
+            "name": f"ce-{attr}",
+            "in": "header",
+            "required": True,
+            "schema": schema,
+            "description": f"Binary mode: the event's `{attr}` (structured mode: in the body)",
+        }
+        for attr, schema in (
+            ("specversion", {"const": "1.0"}),
+            ("id", {"type": "string", "minLength": 1, "maxLength": MAX_ATTRIBUTE_CHARS}),
+            ("source", {"type": "string", "minLength": 1, "maxLength": MAX_ATTRIBUTE_CHARS}),
+            ("type", {"const": REQUEST_TYPE}),
+        )
+    ]
+    ok_json = {"200": _reply({"type": "object"}, "OK")}
+    return {
+        "/predict": {
+            "post": _op(
+                "Classify one text or a batch of texts",
+                {
+                    "200": _reply(
+                        {"oneOf": [_ref("Prediction"), _ref("Results")]},
+                        "One prediction for `text`, or `results` in input order for `texts`",
+                    ),
+                    **_errors(400, 401, 408, 413, 415, 422, 429, 500, 503),
+                },
+                requestBody=_body(_ref("PredictRequest")),
+            )
+        },
+        "/": {
+            "post": _op(
+                "Classify the texts of a CloudEvent (binary or structured mode)",
+                {
+                    "200": {
+                        "description": (
+                            f"The reply event, type `{RESPONSE_TYPE}`, in the request's mode: "
+                            "binary (ce-* headers, data as the body) or structured"
+                        ),
+                        "headers": _STD,
+                        "content": {
+                            "application/json": {"schema": _ref("EventResults")},
+                            STRUCTURED_JSON: {"schema": _ref("ReplyEvent")},
+                        },
+                    },
+                    **_errors(400, 401, 408, 413, 429, 500, 503),
+                },
+                description=(
+                    f"Request type `{REQUEST_TYPE}`. Binary mode: ce-* headers and the data as an "
+                    f"`application/json` body. Structured mode: `Content-Type: {STRUCTURED_JSON}` "
+                    "and the whole event in the body (ce-* headers are then ignored). One result "
+                    "or per-item error per text, in order."
+                ),
+                parameters=ce_headers,
+                requestBody={
+                    "required": True,
+                    "content": {
+                        "application/json": {"schema": _ref("EventData")},
+                        STRUCTURED_JSON: {"schema": _ref("StructuredEvent")},
+                    },
+                },
+            )
+        },
+        "/health/liveness": {"get": _op("Process is alive", ok_json)},
+        "/health/readiness": {
+            "get": _op("Model loaded, warmed up and accepting work", {**ok_json, **_errors(503)})
+        },
+        "/model": {
+            "get": _op(
+                "The served model: name, version, labels, precision, max tokens, providers",
+                {**ok_json, **_errors(401, 503)},
+            )
+        },
+        "/metrics": {
+            "get": _op(
+                "Prometheus metrics (text exposition format)",
+                {"200": _reply({"type": "string"}, "metrics", "text/plain")},
+            )
+        },
+        "/openapi.json": {"get": _op("This document", ok_json)},
+        "/v2": {
+            "get": _op("Open Inference Protocol: server metadata", {**ok_json, **_errors(401)})
+        },
+        "/v2/health/live": {"get": _op("Open Inference Protocol: server liveness", ok_json)},
+        "/v2/health/ready": {
+            "get": _op(
+                "Open Inference Protocol: server readiness",
+                {**ok_json, "503": _reply({"type": "object"}, "not ready", headers=_RETRY)},
+            )
+        },
+        "/v2/models/{name}": {
+            "get": _op(
+                "Open Inference Protocol: model metadata (inputs, outputs, versions)",
+                {**ok_json, **_errors(401, 404, 503, v2=True)},
+                parameters=name,
+            )
+        },
+        "/v2/models/{name}/ready": {
+            "get": _op(
+                "Open Inference Protocol: model readiness",
+                {
+                    **ok_json,
+                    **_errors(401, 404, v2=True),
+                    "503": _reply({"type": "object"}, "not ready", headers=_RETRY),
+                },
+                parameters=name,
+            )
+        },
+        "/v2/models/{name}/infer": {
+            "post": _op(
+                "Open Inference Protocol: classify a BYTES tensor of texts",
+                {
+                    "200": _reply(
+                        _ref("V2InferResponse"),
+                        "outputs label (BYTES), score (FP32), probabilities (FP32 [N, C])",
+                    ),
+                    **_errors(400, 401, 404, 408, 413, 429, 500, 503, v2=True),
+                },
+                description=(
+                    "JSON tensor data, or the binary tensor data extension: the JSON part's "
+                    "length in `Inference-Header-Content-Length`, the input's "
+                    "`parameters.binary_data_size`, then each text as a 4-byte little-endian "
+                    "length and its UTF-8 bytes."
+                ),
+                parameters=name,
+                requestBody=_body(_ref("V2InferRequest")),
+            )
+        },
+    }
+
+
+def document(settings: Settings, model_name: str | None = None) -> dict[str, Any]:
+    """The OpenAPI document for a function serving `settings.variant` (and `model_name`)."""
+    names = [n for n in (model_name, settings.variant) if n]
+    doc_paths = paths(settings, names)
+    components: dict[str, Any] = {
+        "schemas": schemas(settings, names),
+        "headers": {
+            "XRequestID": {"required": True, "schema": {"type": "string", "maxLength": 128}},
+            "ServerTiming": {"required": True, "schema": {"type": "string"}},
+            "RetryAfter": {"required": True, "schema": {"type": "string", "pattern": "^[0-9]+$"}},
+            "WWWAuthenticate": {"required": True, "schema": {"type": "string"}},
+        },
+    }
+    doc: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {
             "title": "KubeSentiment function",
             "version": "0.1.0",
             "description": f"Sentiment analysis, variant {settings.variant}.",
         },
-        "paths": {**PATHS, **EXTRA_PATHS},
-        "components": COMPONENTS,
+        "paths": doc_paths,
+        "components": components,
     }
+    if settings.api_keys is not None:
+        # With API keys on, every route but the probes, metrics and this document needs one.
+        components["securitySchemes"] = {
+            "bearer": {"type": "http", "scheme": "bearer"},
+            "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+        }
+        doc["security"] = [{"bearer": []}, {"apiKey": []}]
+        for path in OPEN_PATHS:
+            for operation in doc_paths[path].values():
+                operation["security"] = []
+    return doc

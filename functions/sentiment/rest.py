@@ -83,7 +83,9 @@ async def model_info(request: Request) -> Response:
 
 async def openapi_json(request: Request) -> Response:
     """GET /openapi.json: the OpenAPI 3.1 description of every route."""
-    return JSONResponse(openapi.document(app_state(request).settings))
+    state = app_state(request)
+    name = state.classifier.manifest.name if state.classifier is not None else None
+    return JSONResponse(openapi.document(state.settings, name))
 
 
 def routes() -> list[BaseRoute]:
