@@ -81,9 +81,12 @@ class Function:
         await self.app(scope, receive, send)
 
     def alive(self) -> tuple[bool, str]:
-        """Liveness: false once the app's lifespan has failed or crashed."""
+        """Liveness: false once the app's lifespan has failed or crashed, or start-up outlived
+        STARTUP_TIMEOUT_SECONDS (as the app's own /health/liveness)."""
         if self._failure is not None:
             return False, self._failure
+        if self._state is not None and not self._state.live:
+            return False, f"not live: {self._state.not_ready_reason}"
         return True, "OK"
 
     def ready(self) -> tuple[bool, str]:
