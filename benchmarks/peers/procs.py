@@ -1,8 +1,9 @@
-"""A server's whole process tree, found by session: spawn, CPU seconds, RSS, stop.
+"""A server's whole process tree: spawn, CPU seconds, RSS, stop.
 
-Every server is started in a new session (`start_new_session`), and everything it starts stays in
-that session even when it changes its process group (Ray's actors do): so the session id finds
-the HTTP server, workers, proxies and Ray's daemons alike, for RSS, CPU time and clean-up.
+Every server is started in a new session (`start_new_session`). Its processes are the session's
+members (Ray's actors change their process group but stay in the session) plus every descendant
+by parent pid (BentoML's process manager starts its workers in sessions of their own): together
+they find the HTTP server, workers, proxies and daemons alike, for RSS, CPU time and clean-up.
 """
 
 from __future__ import annotations
@@ -31,14 +32,22 @@ def _stat(pid: str) -> list[str] | None:
 
 
 def session_pids(sid: int) -> list[int]:
-    """Every live process whose session id is `sid`."""
-    out = []
+    """Every live process in session `sid` (the leader's pid) or descending from its leader."""
+    parent, members = {}, set()
     for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            fields = _stat(entry)
-            if fields and int(fields[3]) == sid and fields[0] != "Z":
-                out.append(int(entry))
-    return out
+        if entry.isdigit() and (fields := _stat(entry)) and fields[0] != "Z":
+            parent[int(entry)] = int(fields[1])
+            if int(fields[3]) == sid:
+                members.add(int(entry))
+    out = set(members)
+    for pid in parent:
+        chain, current = [], pid
+        while current in parent and current not in out and current > 1:
+            chain.append(current)
+            current = parent[current]
+        if current in out:
+            out.update(chain)
+    return sorted(out)
 
 
 def cpu_seconds(sid: int) -> float:

@@ -52,9 +52,10 @@ def _median(values: Sequence[float | None]) -> float | None:
     return statistics.median(present) if present else None
 
 
-def summarise(system: System, runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+def summarise(system: System, runs: Sequence[Mapping[str, Any]], batch: int) -> dict[str, Any]:
     """One system's figures over its passes."""
-    out: dict[str, Any] = {"title": system.title, "config": system.config, "passes": len(runs)}
+    config = system.config.format(batch=batch)
+    out: dict[str, Any] = {"title": system.title, "config": config, "passes": len(runs)}
     out["cold_start_s"] = _median([s for r in runs for s in r["cold_start_s"]])
     out["p50_ms_c1"] = _median([r["c1"]["p50_ms"] for r in runs])
     out["p99_ms_c1"] = _median([r["c1"]["p99_ms"] for r in runs])
@@ -157,7 +158,9 @@ def build(
     unavailable: Mapping[str, str], ceiling: Mapping[str, float], command: str,
 ) -> dict[str, Any]:  # fmt: skip
     """The peers.json document."""
-    summaries = {s.key: summarise(s, passes[s.key]) for s in systems if passes.get(s.key)}
+    summaries = {
+        s.key: summarise(s, passes[s.key], args.peer_batch) for s in systems if passes.get(s.key)
+    }
     return {
         "machine": dict(info),
         "command": command,
@@ -168,6 +171,7 @@ def build(
             "warmup_s": args.warmup,
             "duration_s": args.duration,
             "levels": [1, *args.levels],
+            "peer_max_batch": args.peer_batch,
         },
         "texts": dict(dist),
         "systems": summaries,
@@ -211,8 +215,9 @@ def markdown(results: Mapping[str, Any]) -> str:
     lines += [
         "",
         "In-process ceiling (tokenize + `session.run`, no HTTP, texts/s): "
-        + ", ".join(f"{k} {v:,.0f}" for k, v in ceiling.items() if k != "best")
-        + f"; best {ceiling['best']:,.0f}.",
+        + ", ".join(f"{k} {v:,.0f}" for k, v in ceiling.items() if not k.startswith("best"))
+        + f"; best {ceiling['best']:,.0f}. The peers batch at most {s['peer_max_batch']} texts "
+        "(the fastest padded size above; they pad whatever arrives together).",
         "",
     ]
     if OURS in systems and TWIN in systems:

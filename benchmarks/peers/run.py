@@ -34,9 +34,11 @@ from benchmarks.peers.systems import INT8, System, by_key
 from loadtests.local import ROOT, LocalFunction
 
 
-def start(system: System, log_dir: Path) -> LocalFunction:
-    """Spawn the system's server on a free port."""
+def start(system: System, log_dir: Path, batch: int = 32) -> LocalFunction:
+    """Spawn the system's server on a free port (peers batch at most `batch` texts)."""
     env = {"MODEL_DIR": str(system.model), **system.env}
+    if not system.ours:
+        env["PEER_MAX_BATCH"] = str(batch)
     if system.venv is None:
         return procs.spawn((), env, log_dir, system.key, module=system.module)
     python = venvs.python(system.venv)
@@ -102,12 +104,12 @@ def measure(
     """One pass over one system."""
     out: dict[str, Any] = {"cold_start_s": []}
     for _ in range(args.cold_runs):
-        function = start(system, tmp)
+        function = start(system, tmp, args.peer_batch)
         try:
             out["cold_start_s"].append(first_prediction(function, system, sample[0], 300))
         finally:
             procs.stop(function)
-    function = start(system, tmp)
+    function = start(system, tmp, args.peer_batch)
     rss = procs.PeakRss(function.process.pid)
     try:
         first_prediction(function, system, sample[0], 300)
@@ -164,11 +166,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--check", type=int, default=60, help="texts checked against the reference")
     p.add_argument("--only", nargs="+", help="system keys (default: all)")
     p.add_argument(
+        "--peer-batch", type=int, default=0, help="peers' max batch (0: the ceiling's best padded)"
+    )
+    p.add_argument(
         "--out", type=Path, help="results folder (default docs/, quick: build/peers/quick)"
     )
     args = p.parse_args(argv)
     if args.quick:
-        args.passes, args.cold_runs, args.warmup, args.duration = 1, 1, 0.5, 2.0
+        args.passes, args.cold_runs, args.warmup, args.duration = 1, 1, 1.0, 3.0
         args.levels = [32, 128]
     args.out = args.out or (ROOT / "build" / "peers" / "quick" if args.quick else ROOT / "docs")
     return args
@@ -182,6 +187,9 @@ def main(argv: list[str] | None = None) -> int:
     dist = texts.distribution(pairs, INT8)
     print("texts (tokens per text, special tokens included):\n" + texts.describe(dist), flush=True)
     sample = [t for _, t in pairs]
+    best = ceiling.measure(INT8, sample, quick=args.quick)
+    print(f"in-process ceiling, texts/s: {best}", flush=True)
+    args.peer_batch = args.peer_batch or best["best_padded_batch"]
     systems = by_key(args.only)
     unavailable: dict[str, str] = {}
     for peer in sorted({s.venv for s in systems if s.venv}):
@@ -212,8 +220,6 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 passes[system.key].append(result)
                 print("  " + report.one_line(result), flush=True)
-    best = ceiling.measure(INT8, sample, quick=args.quick)
-    print(f"in-process ceiling: {best}", flush=True)
     info["seconds"] = round(time.monotonic() - started)
     command = "python -m benchmarks.peers.run" + (" " + " ".join(argv) if argv else "")
     results = report.build(info, dist, args, systems, passes, unavailable, best, command)

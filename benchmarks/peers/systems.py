@@ -2,7 +2,9 @@
 
 One text per request for every system, in each one's own idiomatic request shape. `config` says
 what was changed from the system's defaults and why (the issue asks for each peer's best
-configuration, not its defaults). `venv` names the peer's own virtualenv (None: the project's).
+configuration, not its defaults); `{batch}` in it is the peers' batch size, which the run takes
+from the in-process ceiling (the padded batch size that runs fastest on these texts: the peers pad
+whatever arrives together). `venv` names the peer's own virtualenv (None: the project's).
 """
 
 from __future__ import annotations
@@ -86,7 +88,7 @@ def all_systems() -> list[System]:
             "/classify",
             lambda t: {"texts": [t]},
             lambda a: _plain(a[0]),
-            "max_batch_size 32 (default 100), max_latency_ms 60000 (the default), 1 worker, "
+            "max_batch_size {batch} (default 100), max_latency_ms 60000 (the default), 1 worker, "
             "1 thread, access log off",
             venv="bentoml",
             argv=BENTO_ARGV,
@@ -110,7 +112,7 @@ def all_systems() -> list[System]:
             lambda t: {"text": t},
             _plain,
             "ray.init(num_cpus=2), dashboard off; max_ongoing_requests 256 (default 5 caps a "
-            "batch at 5); @serve.batch max_batch_size 32 (default 10), batch_wait_timeout_s "
+            "batch at 5); @serve.batch max_batch_size {batch} (default 10), batch_wait_timeout_s "
             "0.005 (default 0.01); access log off",
             venv="rayserve",
             module="benchmarks.peers.servers.rayserve_app",
@@ -122,8 +124,8 @@ def all_systems() -> list[System]:
             "/predict",
             lambda t: {"text": t},
             _plain,
-            "max_batch_size 32, batch_timeout 5 ms (default: no batching), fast_queue (ZeroMQ), "
-            "1 CPU worker, 1 API server",
+            "max_batch_size {batch}, batch_timeout 5 ms (default: no batching), fast_queue "
+            "(ZeroMQ), 1 CPU worker, 1 API server",
             venv="litserve",
             module="benchmarks.peers.servers.litserve_app",
         ),
@@ -154,7 +156,7 @@ def all_systems() -> list[System]:
             "/v2/models/sentiment/infer",
             _v2_body,
             _v2,
-            "max_batch_size 32, max_batch_time 5 ms (default: off), 1 parallel worker "
+            "max_batch_size {batch}, max_batch_time 5 ms (default: off), 1 parallel worker "
             "(default), debug and access logging off; uvloop 0.21 pinned (see requirements)",
             venv="mlserver",
             module="benchmarks.peers.servers.mlserver_runtime",
@@ -177,7 +179,7 @@ def all_systems() -> list[System]:
             lambda t: {"text": t},
             _plain,
             "PyTorch threads = CPU quota, 1 inter-op thread, inference_mode, asyncio "
-            "micro-batcher (32 texts, 5 ms) feeding one pipeline call on one thread",
+            "micro-batcher ({batch} texts, 5 ms) feeding one pipeline call on one thread",
             module="benchmarks.peers.servers.fastapi_tuned",
             model=FP32,
         ),
