@@ -20,13 +20,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import csv
 import json
 import os
 import random
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -35,14 +34,13 @@ import httpx
 from cloudevents.core.bindings import http as ce_http
 from cloudevents.core.v1.event import CloudEvent
 
+from functions.rows import FatalError as FatalError  # re-exported: callers catch client.FatalError
+from functions.rows import Row, key, read_rows, resume
+
 REQUEST_TYPE = "dev.kubesentiment.sentiment.requested"
 CLIENT_SOURCE = "/kubesentiment/batch-client"
 RETRIED = frozenset({408, 409, 429})  # and every 5xx
 SPLIT = frozenset({400, 413, 422})  # the batch as a whole was refused: try smaller ones
-
-
-class FatalError(Exception):
-    """An answer that no retry or split can fix (wrong URL, missing API key)."""
 
 
 @dataclass(frozen=True)
@@ -95,68 +93,6 @@ class Summary:
             f"requests={self.requests} retries={self.retries} "
             f"elapsed={self.elapsed:.1f}s throughput={rate:.1f} texts/s"
         )
-
-
-Row = tuple[Any, Any]  # (id, text)
-
-
-def key(item_id: Any) -> str:
-    """A stable key for an id (1 and "1" stay distinct)."""
-    return json.dumps(item_id, sort_keys=True)
-
-
-def read_rows(config: Config) -> Iterator[Row]:
-    """(id, text) for each input row; a missing id becomes the row number."""
-    fmt = config.format
-    if fmt == "auto":
-        fmt = "csv" if config.input.suffix.lower() in (".csv", ".tsv") else "jsonl"
-    with config.input.open(newline="", encoding="utf-8") as f:
-        if fmt == "csv":
-            delimiter = "\t" if config.input.suffix.lower() == ".tsv" else ","
-            for n, record in enumerate(csv.DictReader(f, delimiter=delimiter)):
-                if config.text_field not in record:
-                    raise FatalError(f"the CSV has no column {config.text_field!r}")
-                yield record.get(config.id_field) or n, record[config.text_field]
-        else:
-            for n, line in enumerate(f):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except ValueError as e:
-                    raise FatalError(f"{config.input}:{n + 1}: not JSON: {e}") from None
-                if not isinstance(obj, dict):
-                    raise FatalError(f"{config.input}:{n + 1}: not a JSON object")
-                yield obj.get(config.id_field, n), obj.get(config.text_field)
-
-
-def resume(output: Path) -> set[str]:
-    """Keys of the ids already in OUTPUT; a cut-short last line is removed so it is redone."""
-    if not output.exists():
-        return set()
-    done: set[str] = set()
-    good_end = 0
-    with output.open("rb") as f:
-        data = f.read()
-    offset = 0
-    for raw in data.splitlines(keepends=True):
-        end = offset + len(raw)
-        complete = raw.endswith(b"\n")
-        try:
-            obj = json.loads(raw) if complete else None
-        except ValueError:
-            obj = None
-        if obj is None or not isinstance(obj, dict) or "id" not in obj:
-            if end == len(data):  # only the last line may be damaged (an interrupted write)
-                break
-            raise FatalError(f"{output} has a damaged line at byte {offset}; fix or remove it")
-        done.add(key(obj["id"]))
-        good_end = end
-        offset = end
-    if good_end < len(data):
-        with output.open("r+b") as f:
-            f.truncate(good_end)
-    return done
 
 
 class Progress:
@@ -296,7 +232,8 @@ async def run(config: Config) -> Summary:
     done = resume(config.output)
     todo: list[Row] = []
     seen: set[str] = set()
-    for item_id, text in read_rows(config):
+    rows = read_rows(config.input, config.format, config.id_field, config.text_field)
+    for item_id, text in rows:
         summary.total += 1
         k = key(item_id)
         if k in seen:

@@ -1,0 +1,114 @@
+"""The request core's shape: one unexpected-error path, one-way imports, small modules."""
+
+from __future__ import annotations
+
+import ast
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.testclient import TestClient
+
+from shared.config import Settings
+from shared.logs import request_id_var
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("functions", "shared")
+
+
+async def boom(request: Request) -> Response:
+    raise RuntimeError("a genuine bug with secret-looking detail xyz")
+
+
+@pytest.mark.parametrize(
+    ("path", "v2"),
+    [pytest.param("/boom", False, id="main-shape"), pytest.param("/v2/boom", True, id="v2-shape")],
+)
+def test_a_bug_answers_500_inside_the_request_context(
+    settings: Settings,
+    make_client: Callable[..., TestClient],
+    caplog: pytest.LogCaptureFixture,
+    path: str,
+    v2: bool,
+) -> None:
+    c = make_client(settings, extra_routes=[Route(path, boom, methods=["GET"])])
+    seen: list[str | None] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(request_id_var.get())  # type: ignore[method-assign]
+    logging.getLogger().addHandler(handler)
+    try:
+        with caplog.at_level(logging.ERROR):
+            r = c.get(path, headers={"x-request-id": "bug-42"})
+    finally:
+        logging.getLogger().removeHandler(handler)
+    assert r.status_code == 500
+    assert r.headers["x-request-id"] == "bug-42"
+    assert "total;dur=" in r.headers["server-timing"]
+    assert "xyz" not in r.text
+    assert "Traceback" not in r.text
+    if v2:
+        assert set(r.json()) == {"error"}
+        assert isinstance(r.json()["error"], str)
+    else:
+        assert r.json()["error"]["type"] == "internal_error"
+        assert r.json()["error"]["request_id"] == "bug-42"
+    records = [rec for rec in caplog.records if rec.exc_info]
+    assert len(records) == 1, [rec.getMessage() for rec in caplog.records]
+    assert "a genuine bug" in caplog.text
+    assert "bug-42" in seen  # logged while the request's id was still set
+
+
+def _imports(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names.update(f"{node.module}.{a.name}" for a in node.names)
+        elif isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+    return names
+
+
+def _module(path: Path) -> str:
+    return ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+
+
+def test_no_import_cycle_and_shared_never_imports_functions() -> None:
+    files = [p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py")]
+    modules = {_module(p): p for p in files}
+    graph = {m: {i for i in _imports(p) if i in modules and i != m} for m, p in modules.items()}
+    for m, deps in graph.items():
+        if m.startswith("shared"):
+            assert not any(d.startswith("functions") for d in deps), (m, deps)
+    # Depth-first search for a back edge.
+    state: dict[str, int] = {}
+
+    def visit(m: str, stack: list[str]) -> None:
+        state[m] = 1
+        for d in graph[m]:
+            if state.get(d) == 1:
+                raise AssertionError(f"import cycle: {' -> '.join([*stack, m, d])}")
+            if d not in state:
+                visit(d, [*stack, m])
+        state[m] = 2
+
+    for m in graph:
+        if m not in state:
+            visit(m, [])
+    # The app factory only wires: no module of the packages imports it but the entry point.
+    importers = {m for m, deps in graph.items() if "functions.sentiment.app" in deps}
+    assert importers <= {"functions.sentiment.__main__"}, importers
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_modules_stay_small(package: str) -> None:
+    big = {
+        str(p.relative_to(ROOT)): n
+        for p in (ROOT / package).rglob("*.py")
+        if (n := len(p.read_text().splitlines())) > 380
+    }
+    assert not big, f"split these modules (~350 lines at most): {big}"
