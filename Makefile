@@ -97,8 +97,9 @@ fp16: $(STAMP) ## Generate the GPU fp16 variant from fp32 (not committed)
 	$(PYTHON) -m training.export fp16 --src $(MODELS)/minilm-sentiment-fp32 \
 	  --out $(MODELS)/minilm-sentiment-fp16
 
-coldstart: $(STAMP) ## Cold start (spawn to first successful /predict) and peak RSS, median of 5
-	$(PYTHON) -m benchmarks.coldstart --runs 5 $(DEFAULT_MODEL)
+coldstart: $(STAMP) ## Cold start (spawn to first /predict), peak RSS and where the time goes -> docs/coldstart.json
+	$(PYTHON) -m benchmarks.coldstart --runs 5 $(DEFAULT_MODEL) --out docs/coldstart.json
+	$(PYTHON) -m scripts.readme_perf --write
 
 clean: ## Remove build output and caches (keeps .venv)
 	rm -rf build .pytest_cache .mypy_cache .ruff_cache
@@ -134,3 +135,20 @@ bench-baseline: $(STAMP) ## int8/fp32 vs FastAPI + transformers baseline -> docs
 
 bench-batching: $(STAMP) ## Micro-batching on/off at concurrency 1, 8, 32, 3 server sets with an A/A control (~4 min)
 	$(PYTHON) -m benchmarks.batching --control
+
+# Each peer gets its own venv under build/peers/venvs from benchmarks/peers/requirements-*.txt
+# (created on first use, several minutes; not part of the measured run).
+.PHONY: bench-peers bench-peers-quick capacity capacity-quick
+bench-peers: $(STAMP) ## Peers side by side on the same ONNX model -> docs/peers.{json,md}, charts, README (~20 min)
+	$(PYTHON) -m benchmarks.peers.run
+	$(PYTHON) -m scripts.readme_perf --write
+
+bench-peers-quick: $(STAMP) ## One short pass of every system (build/peers/quick): checks the harness, not a result
+	$(PYTHON) -m benchmarks.peers.run --quick
+
+capacity: $(STAMP) ## Per CPU variant at 1 and 2 CPU-limited cores: req/s within the p99 SLO, Knative concurrency, pods, cost -> docs/capacity.{json,md} (~4 min)
+	$(PYTHON) -m benchmarks.capacity
+	$(PYTHON) -m scripts.readme_perf --write
+
+capacity-quick: $(STAMP) ## Short capacity levels (build/peers/capacity-quick): checks the planner, not a result
+	$(PYTHON) -m benchmarks.capacity --quick --out build/peers/capacity-quick
