@@ -9,6 +9,10 @@
 # a temporary directory, no iptables and no bridge (containers use --network host), and is
 # stopped by its PID on exit. Needs root (apt-get, dockerd).
 #
+# For the default image it then starts the local stack's function service through Compose
+# (compose.yaml with compose/function-only.yaml, `up --no-deps sentiment`: the other services'
+# images need a registry), waits for its healthcheck and makes one prediction through it.
+#
 # Settings (environment): VARIANT, MODEL_DIR, IMAGE, MAX_IMAGE_MB (default 450),
 # READY_TIMEOUT_S (default 180), CACHE_DIR (default build/image), KEEP_BASE=0 to rebuild the base.
 set -euo pipefail
@@ -39,11 +43,11 @@ mkdir -p "$CACHE_DIR"
 
 # --- tools -------------------------------------------------------------------------------
 if ! command -v dockerd >/dev/null || ! command -v debootstrap >/dev/null \
-  || ! command -v docker >/dev/null; then
-  log "installing docker.io and debootstrap from Debian"
+  || ! command -v docker >/dev/null || ! command -v docker-compose >/dev/null; then
+  log "installing docker.io, docker-compose and debootstrap from Debian"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-    docker.io debootstrap >/dev/null
+    docker.io docker-compose debootstrap >/dev/null
 fi
 
 # --- base image tarball (cached) -----------------------------------------------------------
@@ -88,9 +92,13 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/ks-docker.XXXXXX")
 export DOCKER_HOST="unix://$WORK/docker.sock"
 CID=""
 DOCKERD_PID=""
+COMPOSE_UP=0
+COMPOSE=(docker-compose -p kubesentiment-image-check -f compose.yaml -f compose/function-only.yaml)
 cleanup() {
   local rc=$?
   if [ -n "$CID" ]; then docker rm -f "$CID" >/dev/null 2>&1 || true; fi
+  # Removes the container and the project's network (a bridge in this host's namespace).
+  if [ "$COMPOSE_UP" = 1 ]; then "${COMPOSE[@]}" down >/dev/null 2>&1 || true; fi
   if [ -n "$DOCKERD_PID" ]; then
     log "stopping dockerd (pid $DOCKERD_PID) and removing its temporary storage"
     kill "$DOCKERD_PID" 2>/dev/null || true
@@ -202,6 +210,41 @@ docker stop -t 30 "$CID" >/dev/null
 STOP_S=$(elapsed "$t0" "$(now)")
 EXIT_CODE=$(docker inspect -f '{{.State.ExitCode}}' "$CID")
 
+# --- compose: the local stack's function service with this image -----------------------------
+COMPOSE_LINE="skipped (compose.yaml runs kubesentiment/sentiment-cpu-int8:local, not $IMAGE)"
+if [ "$IMAGE" = kubesentiment/sentiment-cpu-int8:local ]; then
+  SENTIMENT_PORT=$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  export SENTIMENT_PORT
+  t0=$(now)
+  COMPOSE_UP=1
+  "${COMPOSE[@]}" up -d --no-deps sentiment >"$CACHE_DIR/compose.log" 2>&1 \
+    || { cat "$CACHE_DIR/compose.log" >&2; die "docker-compose up failed"; }
+  COMPOSE_CID=$("${COMPOSE[@]}" ps -q sentiment)
+  deadline=$((SECONDS + READY_TIMEOUT_S))
+  until [ "$(docker inspect -f '{{.State.Health.Status}}' "$COMPOSE_CID")" = healthy ]; do
+    [ "$SECONDS" -lt "$deadline" ] || { docker logs "$COMPOSE_CID" 2>&1 | tail -30 >&2; \
+      die "the compose service did not become healthy"; }
+    sleep 0.5
+  done
+  COMPOSE_S=$(elapsed "$t0" "$(now)")
+  COMPOSE_LABEL=$("$PYTHON" - "$SENTIMENT_PORT" <<'EOF'
+import json, sys, urllib.request
+req = urllib.request.Request(
+    f"http://127.0.0.1:{sys.argv[1]}/predict",
+    data=json.dumps({"text": "Started through compose with the image built here."}).encode(),
+    headers={"Content-Type": "application/json"},
+    method="POST",
+)
+with urllib.request.urlopen(req, timeout=10) as r:
+    assert r.status == 200, r.status
+    print(json.loads(r.read())["label"])
+EOF
+)
+  "${COMPOSE[@]}" down >/dev/null 2>&1
+  COMPOSE_UP=0
+  COMPOSE_LINE="service sentiment healthy through docker-compose in $COMPOSE_S s, /predict: $COMPOSE_LABEL"
+fi
+
 cat >"$CACHE_DIR/report.json" <<EOF
 {"image": "$IMAGE", "variant": "$VARIANT", "size_mb": $SIZE_MB, "max_size_mb": $MAX_IMAGE_MB,
  "build_s": $BUILD_S, "cold_start_s": $COLD_S, "app_cold_start_s": $APP_COLD_S,
@@ -213,4 +256,5 @@ echo "user:        $IMAGE_USER (process uid $RUN_UID)"
 echo "cold start:  $COLD_S s (docker run -> /health/readiness 200); in-process $APP_COLD_S s"
 echo "prediction:  $PREDICTION"
 echo "stop:        $STOP_S s after SIGTERM, exit code $EXIT_CODE"
+echo "compose:     $COMPOSE_LINE"
 [ "$SIZE_MB" -le "$MAX_IMAGE_MB" ] || die "image is $SIZE_MB MB, over the $MAX_IMAGE_MB MB target"

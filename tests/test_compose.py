@@ -42,9 +42,10 @@ def tool(name: str) -> str:
     return found
 
 
-def compose_config() -> dict[str, Any]:
+def compose_config(*overrides: str) -> dict[str, Any]:
+    files = [arg for f in (str(COMPOSE), *overrides) for arg in ("-f", f)]
     done = subprocess.run(
-        [tool("docker-compose"), "-f", str(COMPOSE), "config"],
+        [tool("docker-compose"), *files, "config"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -85,6 +86,19 @@ def test_the_function_environment_is_valid_settings() -> None:
     assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector:4318"
     collector = yaml.safe_load((ROOT / "compose" / "otel-collector.yaml").read_text("utf-8"))
     assert collector["receivers"]["otlp"]["protocols"]["http"]["endpoint"].endswith(":4318")
+
+
+def test_the_registry_free_override_leaves_the_function_self_contained() -> None:
+    # scripts/build_image.sh starts `sentiment` alone with this override (`up --no-deps`).
+    override = str(ROOT / "compose" / "function-only.yaml")
+    env = compose_config(override)["services"]["sentiment"]["environment"]
+    settings = Settings.from_env(environ={k: str(v) for k, v in env.items()})
+    assert settings.api_keys is None
+    assert not settings.vault_addr
+    assert not settings.otel_endpoint
+    script = (ROOT / "scripts" / "build_image.sh").read_text(encoding="utf-8")
+    assert "-f compose.yaml -f compose/function-only.yaml" in script
+    assert "up -d --no-deps sentiment" in script
 
 
 def test_prometheus_config_passes_promtool_with_the_project_rules(tmp_path: Path) -> None:
