@@ -7,6 +7,7 @@ makes predictions, health checks and CloudEvents through it, then stops it with 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -168,10 +169,12 @@ def test_func_yaml_describes_the_default_variant() -> None:
     assert (ROOT / settings.model_dir / "model.onnx").is_file()
     health = spec["deploy"]["healthEndpoints"]
     assert health == {"liveness": "/health/liveness", "readiness": "/health/readiness"}
-    # func-python answers exactly these two paths itself (alive()/ready()).
-    import func_python.http as middleware
-
-    source = Path(middleware.__file__).read_text(encoding="utf-8")
+    # func-python answers exactly these two paths itself (alive()/ready()). Read, not imported:
+    # importing it configures the root logger (logging.basicConfig) for the whole test session.
+    spec = importlib.util.find_spec("func_python.http")
+    assert spec is not None
+    assert spec.origin is not None
+    source = Path(spec.origin).read_text(encoding="utf-8")
     assert all(f"'{path}'" in source for path in health.values())
     from function import new
 
