@@ -18,6 +18,7 @@ aiohttp parses HTTP in C (llhttp) and runs on uvloop; httpx's HTTP/1.1 stack (h1
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import resource
 import sys
@@ -51,44 +52,55 @@ async def phase(
     concurrency: int,
     warmup_s: float,
     duration_s: float,
+    settle_limit_s: float = 60.0,
 ) -> dict[str, Any]:
-    """One closed-loop run: warm-up, then the measured window."""
+    """One closed-loop run: warm-up, then the measured window.
+
+    The window opens after `warmup_s` and once every user has had an answer (a slow server at
+    high concurrency needs longer than `warmup_s` to reach its steady state), but no later than
+    `settle_limit_s`.
+    """
     latencies: list[float] = []
     errors: Counter[str] = Counter()
     ok = ok_total = 0
-    start = time.perf_counter()
-    window_start = start + warmup_s
-    window_end = window_start + duration_s
+    answered: set[int] = set()
+    settled = asyncio.Event()
+    window = [float("inf"), float("inf")]  # start, end: set when the warm-up is over
     cpu_at_window: list[float] = []
 
     async def user(index: int) -> None:
         nonlocal ok, ok_total
         i = index * 7919
-        while True:
-            sent = time.perf_counter()
-            if sent >= window_end:
-                return
+        while time.perf_counter() < window[1]:
             body = bodies[i % len(bodies)]
             i += 1
+            sent = time.perf_counter()
+            kind = ""
             try:
                 async with session.post(url, data=body, headers=headers) as response:
                     await response.read()
                     status = response.status
             except (TimeoutError, aiohttp.ClientError) as e:
-                status = -1
-                errors[type(e).__name__] += 1
+                status, kind = -1, type(e).__name__
             done = time.perf_counter()
             ok_total += status == 200
+            answered.add(index)
+            if len(answered) == concurrency:
+                settled.set()
             # Completions inside the window count (a slow server's answers straddle its start).
-            if window_start <= done <= window_end:
+            if window[0] <= done <= window[1]:
                 if status == 200:
                     ok += 1
                     latencies.append((done - sent) * 1000)
-                elif status != -1:
-                    errors[str(status)] += 1
+                else:
+                    errors[kind or str(status)] += 1
 
     async def mark() -> None:
         await asyncio.sleep(warmup_s)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(settled.wait(), max(0.0, settle_limit_s - warmup_s))
+        window[0] = time.perf_counter()
+        window[1] = window[0] + duration_s
         cpu_at_window.append(_cpu_s())
 
     await asyncio.gather(mark(), *(user(i) for i in range(concurrency)))
