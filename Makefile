@@ -97,6 +97,18 @@ fp16: $(STAMP) ## Generate the GPU fp16 variant from fp32 (not committed)
 	$(PYTHON) -m training.export fp16 --src $(MODELS)/minilm-sentiment-fp32 \
 	  --out $(MODELS)/minilm-sentiment-fp16
 
+.PHONY: finetune finetune-demo
+finetune: $(STAMP) ## Fine-tune on your labelled CSV/JSONL: make finetune DATA=FILE OUT=DIR [BASE=DIR]
+	@test -n "$(DATA)" && test -n "$(OUT)" || { \
+	  echo "usage: make finetune DATA=FILE OUT=DIR [BASE=DIR]  (FILE: CSV/JSONL, text + label)" >&2; \
+	  exit 2; }
+	$(PYTHON) -m training.finetune "$(DATA)" --out "$(OUT)" $(if $(BASE),--base "$(BASE)",)
+
+DEMO := build/finetune-demo
+finetune-demo: $(STAMP) ## make finetune on 1,000 Rotten Tomatoes reviews the default never trained on
+	$(PYTHON) -m training.demo_data --rows 1000 --max-words 200 --out $(DEMO)/rotten-tomatoes.csv
+	$(MAKE) --no-print-directory finetune DATA=$(DEMO)/rotten-tomatoes.csv OUT=$(DEMO)/minilm-rt
+
 coldstart: $(STAMP) ## Cold start (spawn to first /predict), peak RSS and where the time goes -> docs/coldstart.json
 	$(PYTHON) -m benchmarks.coldstart --runs 5 $(DEFAULT_MODEL) --out docs/coldstart.json
 	$(PYTHON) -m scripts.readme_perf --write

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import random
 import re
@@ -73,31 +75,41 @@ def generated_rows(
 
 def run_finetune(args: list[str]) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, "-m", "training.finetune", *args]
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240)
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def finetuned(
+    tiny_base: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, str, str]:
+    """One fine-tuning run on 150 generated rows: (OUT, stdout, stderr)."""
+    encoder, checkpoint = tiny_base
+    tmp = tmp_path_factory.mktemp("finetune")
+    path = tmp / "reviews.jsonl"
+    rows = generated_rows(150, {"positive": POSITIVE, "negative": NEGATIVE})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out, stdout, stderr = tmp / "mine", io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        finetune.main(
+            [str(path), "--out", str(out), "--base", str(checkpoint), "--base-model", str(encoder),
+             "--epochs", "30", "--lr", "3e-3", "--freeze-layers", "0", "--max-tokens", "64",
+             "--threads", "1"]
+        )  # fmt: skip
+    return out, stdout.getvalue(), stderr.getvalue()
 
 
 def test_finetune_end_to_end_on_tiny_model(
-    tiny_base: tuple[Path, Path],
-    tmp_path: Path,
+    finetuned: tuple[Path, str, str],
     settings: Settings,
     make_client: Callable[..., TestClient],
 ) -> None:
-    encoder, checkpoint = tiny_base
-    rows = generated_rows(150, {"positive": POSITIVE, "negative": NEGATIVE})
-    path = tmp_path / "reviews.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    out = tmp_path / "mine"
-    r = run_finetune(
-        [str(path), "--out", str(out), "--base", str(checkpoint), "--base-model", str(encoder),
-         "--epochs", "30", "--lr", "3e-3", "--max-tokens", "64", "--threads", "1"]
-    )  # fmt: skip
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert "| default minilm-sentiment-int8 |" in r.stdout
-    assert "| true \\ predicted | negative | positive |" in r.stdout
-    assert "held_out_fifth: fp32" in r.stdout
-    assert "it/s" in r.stderr or "step" in r.stderr  # the progress bar
-    int8, fp32 = modeldir.load(out), modeldir.load(tmp_path / "mine-fp32")
-    assert (tmp_path / "mine-checkpoint" / "trained.safetensors").is_file()
+    out, stdout, stderr = finetuned
+    assert "| default minilm-sentiment-int8 |" in stdout
+    assert "| true \\ predicted | negative | positive |" in stdout
+    assert "held_out_fifth: fp32" in stdout
+    assert "step/s" in stderr  # the progress bar
+    int8, fp32 = modeldir.load(out), modeldir.load(out.with_name("mine-fp32"))
+    assert (out.with_name("mine-checkpoint") / "trained.safetensors").is_file()
     assert int8.precision == "int8"
     assert fp32.precision == "fp32"
     # Labels from the data, in the default head's order, so score = P(positive) - P(negative).
@@ -117,7 +129,7 @@ def test_finetune_end_to_end_on_tiny_model(
     p = body["probabilities"]
     assert body["score"] == pytest.approx(p["positive"] - p["negative"], abs=1e-5)
     # A second run can start from the first one's output (--base OUT).
-    assert finetune.checkpoint_dir(out) == tmp_path / "mine-checkpoint"
+    assert finetune.checkpoint_dir(out) == out.with_name("mine-checkpoint")
 
 
 @pytest.mark.parametrize(
@@ -189,30 +201,38 @@ CASES = [
 
 
 @pytest.mark.parametrize(("name", "content", "message"), CASES)
-def test_data_errors_are_one_line_without_traceback(
-    tmp_path: Path, name: str, content: str | bytes | None, message: str
+def test_data_errors_are_one_line(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    name: str,
+    content: str | bytes | None,
+    message: str,
 ) -> None:
     path = tmp_path / name
     if isinstance(content, bytes):
         path.write_bytes(content)
     elif content is not None:
         path.write_text(content)
-    r = run_finetune([str(path), "--out", str(tmp_path / "out")])
-    assert r.returncode == 1
-    assert "Traceback" not in r.stderr
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1, r.stderr
-    assert re.search(message, lines[0]), lines[0]
+    with pytest.raises(SystemExit) as exit_info:
+        finetune.main([str(path), "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
     assert lines[0].startswith("finetune: ")
+    assert re.search(message, lines[0]), lines[0]
     assert not (tmp_path / "out").exists()
 
 
-def test_bad_base_is_one_line(tmp_path: Path) -> None:
+def test_the_command_exits_with_one_line_and_no_traceback(tmp_path: Path) -> None:
     path = tmp_path / "r.csv"
+    path.write_text("body,label\nnice,positive\n")
+    r = run_finetune([str(path), "--out", str(tmp_path / "o")])
+    assert r.returncode == 1
+    assert r.stderr == f"finetune: {path}: no 'text' column (columns: 'body', 'label')\n"
     path.write_text("text,label\na,x\nb,x\nc,y\nd,y\n")
     r = run_finetune([str(path), "--out", str(tmp_path / "o"), "--base", str(tmp_path)])
     assert r.returncode == 1
-    assert r.stderr.strip().count("\n") == 0
+    assert r.stderr.count("\n") == 1
     assert "not a training checkpoint" in r.stderr
 
 
@@ -256,23 +276,25 @@ def _degrade(src: Path, out: Path) -> modeldir.Manifest:
     return modeldir.write_manifest(out, manifest)
 
 
-def test_gate_refuses_a_degraded_int8_and_accepts_a_good_one(tmp_path: Path) -> None:
-    texts = ["I love it", "What a wonderful film", "Great value, works well", "I hate it",
-             "Terrible, broke in a day", "The worst film of the year"]  # fmt: skip
-    gold = ["positive"] * 3 + ["negative"] * 3
-    measure = quantgate.labelled_measure("six", texts, gold, threads=1)
+def test_gate_refuses_a_degraded_int8_and_accepts_a_good_one(
+    finetuned: tuple[Path, str, str], tmp_path: Path
+) -> None:
+    fp32 = finetuned[0].with_name("mine-fp32")
+    rows = generated_rows(40, {"positive": POSITIVE, "negative": NEGATIVE}, seed=11)
+    texts, gold = [r["text"] for r in rows], [r["label"] for r in rows]
+    measure = quantgate.labelled_measure("cues", texts, gold, threads=1)
     out = tmp_path / "int8"
     out.mkdir()
     (out / "keep").write_text("an earlier model")
-    with pytest.raises(quantgate.QuantizationRefused, match=r"int8 model refused.*six"):
-        quantgate.derive_int8_gated(FP32_MODEL, out, measure, quantize=_degrade)
+    with pytest.raises(quantgate.QuantizationRefused, match=r"int8 model refused.*cues"):
+        quantgate.derive_int8_gated(fp32, out, measure, quantize=_degrade)
     assert (out / "keep").read_text() == "an earlier model"  # left as it was
     assert not list(tmp_path.glob(".*staging"))
-    manifest = quantgate.derive_int8_gated(FP32_MODEL, out, measure)
-    assert manifest.extra["quantization_gate"]["passed"] is True
-    assert manifest.extra["quantization_gate"]["sets"]["six"]["int8"] == 1.0
-    c = Classifier.load(out, intra_op_threads=1)
-    assert c.manifest.extra["quantization_gate"] == manifest.extra["quantization_gate"]
+    manifest = quantgate.derive_int8_gated(fp32, out, measure)
+    record = manifest.extra["quantization_gate"]
+    assert record["passed"] is True
+    assert record["sets"]["cues"]["fp32"] >= 0.9
+    assert Classifier.load(out, intra_op_threads=1).manifest.extra["quantization_gate"] == record
 
 
 def test_score_weights_from_the_manifest(tmp_path: Path) -> None:

@@ -163,6 +163,26 @@ HEADER = (
 )
 
 
+def _print_gate(results: dict[str, dict[str, Any]]) -> None:
+    # The quantization gate (training/quantgate.py) on these figures: what `make export` enforces.
+    from training import quantgate
+
+    def accuracies(suffix: str) -> dict[str, float] | None:
+        r = next((v for k, v in results.items() if k.endswith(suffix)), None)
+        if r is None or "movie_binary" not in r:
+            return None
+        return {
+            k: float(v["accuracy"]) for k, v in r.items() if isinstance(v, dict) and "accuracy" in v
+        }
+
+    fp32, int8 = accuracies(" fp32"), accuracies(" int8")
+    if fp32 and int8:
+        record = quantgate.check(fp32, int8)
+        verdict = "passed" if record["passed"] else "FAILED"
+        print(f"\nQuantization gate, int8 against fp32 (at most 1 point lost per set): {verdict}")
+        print(quantgate.describe(record))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Evaluate model variants on the held-out sets.")
     parser.add_argument(
@@ -197,6 +217,7 @@ def main(argv: list[str] | None = None) -> None:
         print("\n" + HEADER)
         for name, r in results.items():
             print(_row(name, r))
+    _print_gate(results)
     if fp32 and int8:
         print(f"\nint8/fp32 latency ratio at batch 1, 64 tokens: {int8 / fp32:.2f} "
               f"({int8:.2f} ms vs {fp32:.2f} ms)")  # fmt: skip

@@ -5,6 +5,7 @@ Used only by training, export and the PyTorch baseline; serving never imports to
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -102,3 +103,9 @@ def with_labels(
     model.config.id2label = dict(enumerate(labels))
     model.config.label2id = {label: i for i, label in enumerate(labels)}
     return model
+
+
+def trainable_above(layers: int) -> Callable[[str], bool]:
+    """A `fit` parameter filter: the embeddings and the lowest `layers` encoder layers frozen."""
+    frozen = ("bert.embeddings.", *(f"bert.encoder.layer.{i}." for i in range(layers)))
+    return lambda name: not name.startswith(frozen)

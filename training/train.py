@@ -99,18 +99,20 @@ def fit(
     rng: random.Random,
     rating_weight: float = 0.0,
     progress: Progress | None = None,
+    trainable: Callable[[str], bool] = lambda name: name != FROZEN,
 ) -> int:
     """Fine-tune `model` in place (the recipe above); returns the number of optimizer steps.
 
-    Every parameter but the frozen word embeddings is trained with AdamW (weight decay 0.01 on
+    The trainable parameters are trained with AdamW (weight decay 0.01 on
     matrices), 6 % linear warm-up then linear decay, gradient norm clipped at 1. Rows with a
     `rating` add the squared error between P(positive) - P(negative) and the rating (3-class
-    default labels only). The model is left in eval mode.
+    default labels only). `trainable` picks the parameters by name (default: all but the word
+    embeddings); frozen lower layers also skip their backward pass. The model is left in eval mode.
     """
     pad_id = tokenizer.token_to_id("[PAD]")
     model.train()
     for name, param in model.named_parameters():
-        param.requires_grad = name != FROZEN
+        param.requires_grad = trainable(name)
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim > 1]
     no_decay = [p for p in params if p.ndim <= 1]
