@@ -261,7 +261,7 @@ def run(args: argparse.Namespace) -> None:
     print(
         f"\nWrote {out} (int8), {fp32_dir} (fp32), {ckpt_dir} (checkpoint, a --base for the next "
         f"run) in {time.monotonic() - started:.0f} s ({fit_seconds:.0f} s fine-tuning, {steps} "
-        f"steps). Serve it: MODEL_DIR={out} make serve"
+        f"steps; {time.process_time():.0f} CPU-seconds). Serve it: MODEL_DIR={out} make serve"
     )
 
 
