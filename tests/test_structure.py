@@ -112,3 +112,56 @@ def test_modules_stay_small(package: str) -> None:
         if (n := len(p.read_text().splitlines())) > 380
     }
     assert not big, f"split these modules (~350 lines at most): {big}"
+
+
+@pytest.mark.parametrize(
+    ("path", "headers"),
+    [
+        pytest.param("/predict", {"content-type": "application/json"}, id="predict"),
+        pytest.param(
+            "/",
+            {
+                "ce-specversion": "1.0",
+                "ce-id": "1",
+                "ce-source": "/t",
+                "ce-type": "dev.kubesentiment.sentiment.requested",
+                "content-type": "application/json",
+            },
+            id="cloudevents",
+        ),
+        pytest.param("/v2/models/minilm-sentiment/infer", {}, id="v2"),
+    ],
+)
+def test_admission_is_decided_before_the_body_is_read(
+    client: TestClient, path: str, headers: dict[str, str]
+) -> None:
+    state = client.app.state.kubesentiment  # type: ignore[attr-defined]
+    state.in_flight = state.settings.max_concurrency  # every slot taken
+    try:
+        # A body that would be refused as too large (413) and as malformed (400) if it were read.
+        r = client.post(path, content=b"{" * (state.settings.max_body_bytes + 1), headers=headers)
+    finally:
+        state.in_flight = 0
+    assert r.status_code == 429, r.text[:200]
+    assert r.headers["retry-after"] == str(state.settings.retry_after_s)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("GET", "/predict", "POST"),
+        ("PUT", "/", "POST"),
+        ("DELETE", "/v2/models/minilm-sentiment/infer", "POST"),
+        ("POST", "/health/readiness", "GET, HEAD"),
+    ],
+)
+def test_405_names_the_allowed_methods(
+    client: TestClient, method: str, path: str, allow: str
+) -> None:
+    r = client.request(method, path)
+    assert r.status_code == 405
+    assert set(r.headers["allow"].split(", ")) == set(allow.split(", "))
+    if path.startswith("/v2"):
+        assert "not allowed" in r.json()["error"]
+    else:
+        assert r.json()["error"]["type"] == "method_not_allowed"
