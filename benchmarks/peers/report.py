@@ -261,6 +261,15 @@ def markdown(results: Mapping[str, Any]) -> str:
         lines += ["## Not measured", ""]
         lines += [f"- {k}: {why}" for k, why in results["unavailable"].items()]
         lines.append("")
+    if m.get("failed_passes"):
+        lines += ["Passes that failed (the other passes are reported):", ""]
+        lines += [f"- {k}: {why}" for k, why in m["failed_passes"].items()]
+        lines.append("")
+    lines += [
+        f"The run took {m.get('seconds', 0)} s, {m.get('setup_seconds', 0)} s of it for the "
+        "texts, the ceiling and the peers' virtualenvs.",
+        "",
+    ]
     lines += ["![throughput](peers/throughput.png)", "![latency CDF](peers/latency_cdf.png)", ""]
     return "\n".join(lines)
 
@@ -274,7 +283,9 @@ def charts(results: Mapping[str, Any], out: Path) -> None:
 
     out.mkdir(parents=True, exist_ok=True)
     levels = results["settings"]["levels"]
-    fig, ax = plt.subplots(figsize=(7.5, 4.2), dpi=110)
+    # 12+ systems: tab20 keeps every line's colour distinct (the default cycle has 10).
+    plt.rcParams["axes.prop_cycle"] = plt.cycler(color=plt.get_cmap("tab20").colors)
+    fig, ax = plt.subplots(figsize=(9, 4.2), dpi=110)
     for key, v in results["systems"].items():
         xs = [c for c in levels if v.get(f"rps_c{c}") is not None]
         ax.plot(
@@ -287,11 +298,11 @@ def charts(results: Mapping[str, Any], out: Path) -> None:
         xlabel="concurrency",
         ylabel="req/s",
     )
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(out / "throughput.png")
     plt.close(fig)
-    fig, ax = plt.subplots(figsize=(7.5, 4.2), dpi=110)
+    fig, ax = plt.subplots(figsize=(9, 4.2), dpi=110)
     for key, v in results["systems"].items():
         q = v.get("cdf_ms_c32") or []
         if q:
@@ -303,7 +314,7 @@ def charts(results: Mapping[str, Any], out: Path) -> None:
             )
     ax.set_xscale("log")
     ax.set(title="Latency CDF at concurrency 32", xlabel="ms (log)", ylabel="fraction of requests")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(out / "latency_cdf.png")
     plt.close(fig)

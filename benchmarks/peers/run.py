@@ -195,7 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     for peer in sorted({s.venv for s in systems if s.venv}):
         if (why := venvs.ensure(peer)) is not None:
             unavailable.update({s.key: why for s in systems if s.venv == peer})
-    print(f"venvs ready after {time.monotonic() - started:.0f} s", flush=True)
+    info["setup_seconds"] = round(time.monotonic() - started)
+    print(f"venvs ready after {info['setup_seconds']} s", flush=True)
+    failures: dict[str, str] = {}
     passes: dict[str, list[dict[str, Any]]] = {
         s.key: [] for s in systems if s.key not in unavailable
     }
@@ -214,13 +216,21 @@ def main(argv: list[str] | None = None) -> int:
                     httpx.HTTPError,
                     KeyError,
                     ValueError,
+                    OSError,
                 ) as e:
-                    unavailable[system.key] = f"{type(e).__name__}: {str(e)[-600:]}"
-                    print(f"  {system.key} failed: {unavailable[system.key]}", flush=True)
+                    failures[system.key] = f"pass {n + 1}: {type(e).__name__}: {str(e)[-600:]}"
+                    print(f"  {system.key} failed: {failures[system.key]}", flush=True)
                     continue
                 passes[system.key].append(result)
                 print("  " + report.one_line(result), flush=True)
     info["seconds"] = round(time.monotonic() - started)
+    # A system with no successful pass is reported as unavailable, with why; one that failed in
+    # one pass only keeps its other passes, and the failure is listed too.
+    for key, why in failures.items():
+        if passes.get(key):
+            info.setdefault("failed_passes", {})[key] = why
+        else:
+            unavailable[key] = why
     command = "python -m benchmarks.peers.run" + (" " + " ".join(argv) if argv else "")
     results = report.build(info, dist, args, systems, passes, unavailable, best, command)
     report.write(results, args.out)
