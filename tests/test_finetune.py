@@ -308,3 +308,33 @@ def test_score_weights_from_the_manifest(tmp_path: Path) -> None:
     modeldir.write_manifest(copy, replace(m, extra={**m.extra, "score_weights": [1, 2]}))
     with pytest.raises(modeldir.ModelDirError, match="one per label"):
         Classifier.load(copy)
+
+
+def test_export_int8_command_gates_on_a_labelled_file(
+    finetuned: tuple[Path, str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from training import export
+
+    fp32 = finetuned[0].with_name("mine-fp32")
+    data_file = tmp_path / "gate.csv"
+    rows = generated_rows(40, {"positive": POSITIVE, "negative": NEGATIVE}, seed=12)
+    data_file.write_text("text,label\n" + "".join(f"{r['text']},{r['label']}\n" for r in rows))
+    export.main(["int8", "--src", str(fp32), "--out", str(tmp_path / "a"), "--gate-data",
+                 str(data_file)])  # fmt: skip
+    record = modeldir.load(tmp_path / "a").extra["quantization_gate"]
+    assert record["passed"] is True
+    assert list(record["sets"]) == ["gate.csv"]
+    assert "gate.csv: fp32" in capsys.readouterr().err
+    export.main(["int8", "--src", str(fp32), "--out", str(tmp_path / "b"), "--no-gate"])
+    assert modeldir.load(tmp_path / "b").extra["quantization_gate"] == {"skipped": True}
+    data_file.write_text("words,label\nx,y\n")
+    with pytest.raises(SystemExit) as exit_info:
+        export.main(["int8", "--src", str(fp32), "--out", str(tmp_path / "c"), "--gate-data",
+                     str(data_file)])  # fmt: skip
+    assert exit_info.value.code == 1
+    assert "no 'text' column" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()
+    # The project's held-out sets are 3-class (negative, neutral, positive): a model with other
+    # labels is refused with a pointer to --gate-data.
+    with pytest.raises(quantgate.QuantizationRefused, match="pass --gate-data"):
+        quantgate.project_measure(threads=1)(fp32)

@@ -85,16 +85,17 @@ def derive_int8_gated(
 
 
 def project_measure(threads: int = 0) -> Measure:
-    """Accuracy on every held-out set of `make eval` (sets without an accuracy are skipped)."""
+    """Accuracy on every held-out set of `make eval` (3-class default labels only)."""
 
     def measure(directory: Path) -> dict[str, float]:
         from functions.sentiment.model import Classifier
+        from training.data import LABELS
         from training.evaluate import evaluate, onnx_scorer
 
         classifier = Classifier.load(directory, intra_op_threads=threads)
-        if not classifier.has_score:
+        if tuple(classifier.labels) != LABELS:
             raise QuantizationRefused(
-                f"{directory}: labels {list(classifier.labels)} have no negative and positive, "
+                f"{directory}: labels {list(classifier.labels)} are not {list(LABELS)}, "
                 "so the project's held-out sets do not apply; pass --gate-data FILE"
             )
         result = evaluate(onnx_scorer(classifier))
