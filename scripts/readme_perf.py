@@ -74,7 +74,8 @@ def _coldstart(cold: Mapping[str, Any]) -> list[str]:
 def _capacity(cap: Mapping[str, Any]) -> list[str]:
     s = cap["settings"]
     lines = [
-        f"Capacity per pod (`make capacity`, {cap['mode']} run, {cap['date']}; CPU limited by "
+        f"Capacity per pod (`make capacity`, {cap['mode']} run, {cap['date']}, load average "
+        f"{cap.get('loadavg_at_end', 0):.1f} at the end; CPU limited by "
         f"{cap['limit']}; p99 SLO {s['slo_p99_ms']} ms; details and costs in "
         "[docs/capacity.md](docs/capacity.md)); the Knative manifests carry these "
         "`containerConcurrency` and `target` values (tested):",
