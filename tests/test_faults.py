@@ -309,10 +309,10 @@ def test_k_sink_down_then_up_delivers_with_a_bounded_queue(
             poll(lambda: metric(c, pending) == 0, 10, "the queue to empty")
             assert post_event(c, "late").status_code == 200  # room again
             poll(lambda: len(receiver.events) >= 5, 20, "the late event to reach the sink")
-            sent = {
-                o: metric(c, "kubesentiment_events_sent_total", outcome=o)
-                for o in ("success", "failure")
-            }
+            # Counted once the sink's answer is back, a moment after the receiver saw the event.
+            sent_total = "kubesentiment_events_sent_total"
+            poll(lambda: metric(c, sent_total, outcome="success") == 5, 10, "5 events counted")
+            sent = {o: metric(c, sent_total, outcome=o) for o in ("success", "failure")}
         finally:
             receiver.close()
     delivered = sorted(e.get_extension("requestid") for e in receiver.events)
