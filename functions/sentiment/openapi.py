@@ -42,6 +42,8 @@ _ERROR_TEXT = {
     503: "Not ready or shutting down; retry after Retry-After seconds",
 }
 
+_NOT_LIVE = "Start-up did not succeed within STARTUP_TIMEOUT_SECONDS: the pod is to be restarted"
+
 
 def _reply(
     schema: dict[str, Any],
@@ -146,7 +148,12 @@ def paths(settings: Settings, model_names: list[str]) -> dict[str, Any]:
                 },
             )
         },
-        "/health/liveness": {"get": _op("Process is alive", ok_json)},
+        "/health/liveness": {
+            "get": _op(
+                "Process is alive",
+                {**ok_json, "503": _reply(_ref("Error"), _NOT_LIVE)},
+            )
+        },
         "/health/readiness": {
             "get": _op("Model loaded, warmed up and accepting work", {**ok_json, **_errors(503)})
         },
@@ -166,7 +173,12 @@ def paths(settings: Settings, model_names: list[str]) -> dict[str, Any]:
         "/v2": {
             "get": _op("Open Inference Protocol: server metadata", {**ok_json, **_errors(401)})
         },
-        "/v2/health/live": {"get": _op("Open Inference Protocol: server liveness", ok_json)},
+        "/v2/health/live": {
+            "get": _op(
+                "Open Inference Protocol: server liveness",
+                {**ok_json, "503": _reply({"type": "object"}, _NOT_LIVE)},
+            )
+        },
         "/v2/health/ready": {
             "get": _op(
                 "Open Inference Protocol: server readiness",
