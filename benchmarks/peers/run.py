@@ -5,12 +5,14 @@
 
 One server at a time on 127.0.0.1, in rounds: every pass measures every system, and odd passes go
 in reverse order, so drift on the machine does not favour whoever runs first. Per system and pass:
-cold start (spawn to first correct prediction, `--cold-runs` fresh processes), then one server
-for the load phases: warm-up, then a fixed duration at concurrency 1 and each of `--levels`,
-driven by benchmarks.peers.loadgen in its own process. Peak RSS is the largest summed RSS of the
-server's session (every process it started) over its life; CPU seconds per 1,000 predictions is
-the session's CPU time across the loaded phases over their successful answers. In the first pass
-each server also answers `--check` texts one by one, compared with the in-process reference.
+cold start (spawn to first correct prediction, `--cold-runs` fresh processes); the last of them
+stays up for the load phases: warm-up, then a fixed duration at concurrency 1 and each of
+`--levels`, driven by benchmarks.peers.loadgen in its own process. Peak RSS is the largest summed
+RSS of the server's processes over its life; CPU seconds per 1,000 predictions is their CPU time
+across the loaded phases over their successful answers. In the first pass each server also
+answers `--check` texts one by one, compared with the in-process reference. Before any server,
+the in-process ceiling is measured and gives the peers' batch size (see ceiling.py); the peers'
+virtualenvs are created on first use (several minutes, reported apart from the run).
 """
 
 from __future__ import annotations
@@ -101,9 +103,9 @@ def load(
 def measure(
     system: System, args: argparse.Namespace, sample: list[str], tmp: Path, check: bool
 ) -> dict[str, Any]:
-    """One pass over one system."""
+    """One pass over one system: cold starts, then the last of those servers takes the load."""
     out: dict[str, Any] = {"cold_start_s": []}
-    for _ in range(args.cold_runs):
+    for _ in range(args.cold_runs - 1):
         function = start(system, tmp, args.peer_batch)
         try:
             out["cold_start_s"].append(first_prediction(function, system, sample[0], 300))
@@ -112,7 +114,7 @@ def measure(
     function = start(system, tmp, args.peer_batch)
     rss = procs.PeakRss(function.process.pid)
     try:
-        first_prediction(function, system, sample[0], 300)
+        out["cold_start_s"].append(first_prediction(function, system, sample[0], 300))
         if check:
             out["parity"] = parity(function.base_url, system, sample[: args.check])
         bodies = [json.dumps(system.body(t)) for t in sample]
