@@ -80,7 +80,7 @@ train: $(STAMP) ## Retrain the default model (tens of minutes on 2 cores), expor
 	  --hutto-repeat 2 --out $(MODELS)/minilm-sentiment-checkpoint
 	$(MAKE) export eval
 
-export: $(STAMP) ## Export the checkpoint to fp32 ONNX and derive int8
+export: $(STAMP) ## Export the checkpoint to fp32 ONNX and derive int8 (refused if it loses > 1 point on a held-out set)
 	$(PYTHON) -m training.export checkpoint --checkpoint $(MODELS)/minilm-sentiment-checkpoint \
 	  --out $(MODELS)/minilm-sentiment-fp32
 	$(PYTHON) -m training.export int8 --src $(MODELS)/minilm-sentiment-fp32 \
