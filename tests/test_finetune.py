@@ -338,3 +338,41 @@ def test_export_int8_command_gates_on_a_labelled_file(
     # labels is refused with a pointer to --gate-data.
     with pytest.raises(quantgate.QuantizationRefused, match="pass --gate-data"):
         quantgate.project_measure(threads=1)(fp32)
+
+
+@pytest.mark.parametrize(
+    ("labels", "baseline", "weights"),
+    [
+        pytest.param({"3": POSITIVE, "1": NEGATIVE, "2": ("not",)}, "default minilm-sentiment-int8",
+                     [-1.0, 0.0, 1.0], id="stars"),
+        pytest.param({"spam": POSITIVE, "ham": NEGATIVE}, "majority class", None, id="other"),
+    ],
+)  # fmt: skip
+def test_finetune_with_other_labels(
+    tiny_base: tuple[Path, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    labels: dict[str, tuple[str, ...]],
+    baseline: str,
+    weights: list[float] | None,
+) -> None:
+    encoder, checkpoint = tiny_base
+    path = tmp_path / "rows.csv"
+    rows = generated_rows(60, labels)
+    path.write_text("text,label\n" + "".join(f"{r['text']},{r['label']}\n" for r in rows))
+    out = tmp_path / "m"
+    finetune.main(
+        [str(path), "--out", str(out), "--base", str(checkpoint), "--base-model", str(encoder),
+         "--epochs", "2", "--freeze-layers", "0", "--max-tokens", "64", "--threads", "1"]
+    )  # fmt: skip
+    assert f"| {baseline}" in capsys.readouterr().out
+    manifest = modeldir.load(out)
+    assert manifest.labels == tuple(sorted(labels, key=lambda k: (k.isdigit() and int(k), k)))
+    assert manifest.extra.get("score_weights") == weights
+    (p,) = Classifier.load(out, intra_op_threads=1).predict(["i love it"])
+    if weights is None:
+        assert p.score is None
+    else:
+        pairs = zip(manifest.labels, weights, strict=True)
+        expected = sum(w * p.probabilities[k] for k, w in pairs)
+        assert p.score == pytest.approx(expected, abs=1e-5)

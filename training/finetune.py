@@ -267,18 +267,20 @@ def run(args: argparse.Namespace) -> None:
 
 def score_note(plan: Any) -> str:
     """What `score` means for this model (stored in the manifest)."""
+    if plan.score_weights is None:
+        return "none: the labels are not ordered; use the label and probabilities"
+    pairs = zip(plan.labels, plan.score_weights, strict=True)
+    weights = ", ".join(f"{k} {w:+.3g}" for k, w in pairs)
     if plan.sentiment:
-        return "sum of label probabilities weighted negative -1, neutral 0, positive +1"
-    if plan.score_weights is not None:
-        return "expected label value mapped linearly onto [-1, 1] (lowest label -1, highest +1)"
-    return "none: the labels are not ordered; use the label and probabilities"
+        return f"P(positive) - P(negative): probabilities weighted {weights}"
+    return f"expected label value mapped linearly onto [-1, 1]: probabilities weighted {weights}"
 
 
 def write_card(directory: Path, manifest: Any, source: str, table: str) -> None:
     """A short model card (README.md) for a fine-tuned model directory."""
     (directory / "README.md").write_text(
         f"# {manifest.name} {manifest.version} ({manifest.precision})\n\n"
-        f"Fine-tuned with `make finetune` from {manifest.base_model}.\n\n"
+        f"Made with `make finetune`: {manifest.base_model}.\n\n"
         f"- Labels: {', '.join(manifest.labels)}\n"
         f"- Score: {manifest.extra.get('score', '')}\n"
         f"- Data: {source}\n"
