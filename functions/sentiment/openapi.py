@@ -133,18 +133,24 @@ def paths(settings: Settings, model_names: list[str]) -> dict[str, Any]:
                     **_errors(400, 401, 408, 413, 429, 500, 503),
                 },
                 description=(
-                    f"Request type `{REQUEST_TYPE}`. Binary mode: ce-* headers and the data as an "
-                    f"`application/json` body. Structured mode: `Content-Type: {STRUCTURED_JSON}` "
-                    "and the whole event in the body (ce-* headers are then ignored). One result "
-                    "or per-item error per text, in order."
+                    f"Request type `{REQUEST_TYPE}`. Binary mode (what a Knative Broker "
+                    "delivers): the ce-* headers below and the data as an `application/json` "
+                    f"body. Structured mode: `Content-Type: {STRUCTURED_JSON}` and the whole "
+                    "event in the body (schema `StructuredEvent`, see "
+                    "`x-cloudevents-structured-mode`); ce-* headers are then optional, and "
+                    "refused only when they contradict the event. One result or per-item error "
+                    "per text, in order."
                 ),
                 parameters=ce_headers,
-                requestBody={
-                    "required": True,
-                    "content": {
-                        "application/json": {"schema": _ref("EventData")},
-                        STRUCTURED_JSON: {"schema": _ref("StructuredEvent")},
-                    },
+                requestBody=_body(_ref("EventData")),
+                # OpenAPI cannot make a header required for one media type only: the ce-*
+                # headers are required in binary mode and optional in structured mode. The
+                # machine-checked body is binary mode's; structured mode is stated here.
+                **{
+                    "x-cloudevents-structured-mode": {
+                        "content": {STRUCTURED_JSON: {"schema": _ref("StructuredEvent")}},
+                        "headers": "ce-* headers optional; when present they must be valid",
+                    }
                 },
             )
         },
