@@ -168,13 +168,19 @@ def test_sigterm_with_work_beyond_the_deadline_exits_in_time(
 @pytest.mark.parametrize(
     ("variable", "value"),
     [
-        pytest.param(var, value, id=f"{var}={value}")
-        for var in ("SHUTDOWN_TIMEOUT_SECONDS", "STARTUP_TIMEOUT_SECONDS")
-        for value in ("0", "-5", "inf", "nan")
+        *(
+            pytest.param(var, value, id=f"{var}={value}")
+            for var in ("SHUTDOWN_TIMEOUT_SECONDS", "STARTUP_TIMEOUT_SECONDS")
+            for value in ("0", "-5", "inf", "nan")
+        ),
+        # The OpenTelemetry SDK's own variables are checked at start too.
+        pytest.param("OTEL_BSP_MAX_QUEUE_SIZE", "-3", id="OTEL_BSP_MAX_QUEUE_SIZE=-3"),
     ],
 )
 def test_bad_timeouts_are_refused_at_start(variable: str, value: str) -> None:
     env = {**os.environ, "MODEL_DIR": str(model_dir()), "PORT": str(free_port()), variable: value}
+    if variable.startswith("OTEL_"):
+        env["OTEL_EXPORTER_OTLP_ENDPOINT"] = "http://127.0.0.1:9"
     done = subprocess.run(
         [sys.executable, "-m", "functions.sentiment"],
         cwd=ROOT,

@@ -10,6 +10,7 @@ precedes shutdown, SIGKILL follows after the termination grace period).
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import sys
@@ -36,7 +37,13 @@ def main() -> None:
 
     # Tracing is process-wide (one global TracerProvider); without an OTLP endpoint `setup`
     # returns None and imports nothing from the SDK.
-    provider = tracing.setup(settings)
+    try:
+        provider = tracing.setup(settings)
+    except ValueError as e:  # the SDK's own OTEL_* variables (OTEL_BSP_MAX_QUEUE_SIZE=-1, ...)
+        # The SDK read them itself; name the batch-processor variables that are set.
+        names = ", ".join(f"{k}={v}" for k, v in os.environ.items() if k.startswith("OTEL_BSP_"))
+        print(f"configuration error: OpenTelemetry settings ({names}): {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     app = create_app(settings)
     if provider is not None:
         tracing.instrument(app, provider)
