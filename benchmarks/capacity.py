@@ -162,6 +162,11 @@ def measure(
             for c in s["levels"]
         ]
         levels = load(function.base_url, system, bodies, phases, tmp)
+        if function.process.poll() is not None:
+            raise RuntimeError(
+                f"{system.key} exited with {function.process.returncode} during the levels:\n"
+                + function.log_tail()
+            )
     finally:
         procs.stop(function)
         limit.close()

@@ -124,6 +124,10 @@ def measure(
         cpu0 = procs.cpu_seconds(function.process.pid)
         out["levels"] = load(function.base_url, system, bodies, phases, tmp)
         cpu = procs.cpu_seconds(function.process.pid) - cpu0
+        if function.process.poll() is not None:
+            raise RuntimeError(
+                f"exited with {function.process.returncode} under load:\n{function.log_tail()}"
+            )
         answered = sum(r["ok_total"] for r in out["levels"])
         out["cpu_s_per_1k"] = cpu / answered * 1000 if answered else None
     finally:
