@@ -31,6 +31,10 @@ def main() -> None:
         raise SystemExit(2) from None
     log_config = logs.config(settings.log_level, settings.log_format, settings.variant)
     logs.configure(settings.log_level, settings.log_format, settings.variant)
+    # The model loads on a thread while the web stack is imported below (cold start).
+    from functions.sentiment import preload
+
+    preloaded = preload.start(settings)
 
     from functions.sentiment.app import create_app
     from functions.sentiment.lifecycle import begin_drain, remaining
@@ -44,7 +48,7 @@ def main() -> None:
         names = ", ".join(f"{k}={v}" for k, v in os.environ.items() if k.startswith("OTEL_BSP_"))
         print(f"configuration error: OpenTelemetry settings ({names}): {e}", file=sys.stderr)
         raise SystemExit(2) from None
-    app = create_app(settings)
+    app = create_app(settings, preloaded=preloaded)
     if provider is not None:
         tracing.instrument(app, provider)
     state = app.state.kubesentiment

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from concurrent.futures import Future
 from contextlib import asynccontextmanager
 
 from prometheus_client import CollectorRegistry, make_asgi_app
@@ -21,6 +22,7 @@ from functions.sentiment import cloudevents, kserve, rest
 from functions.sentiment.context import RequestContext
 from functions.sentiment.core import AppState, app_state, error_response, unexpected_response
 from functions.sentiment.lifecycle import StartHook, load_model, remaining, shutdown, startup
+from functions.sentiment.preload import Loaded
 from shared.config import Settings
 from shared.errors import ApiError, MethodNotAllowed, NotFound
 from shared.metrics import Metrics
@@ -60,10 +62,14 @@ def create_app(
     registry: CollectorRegistry | None = None,
     hooks: list[StartHook] | None = None,
     extra_routes: list[BaseRoute] | None = None,
+    preloaded: Future[Loaded] | None = None,
 ) -> Starlette:
-    """Build the app for one variant; `registry` defaults to a fresh one per app."""
+    """Build the app for one variant; `registry` defaults to a fresh one per app, `preloaded` is
+    a model load already under way (`preload.start`)."""
     metrics = Metrics.create(registry if registry is not None else CollectorRegistry())
     state = AppState(settings=settings, metrics=metrics)
+    if preloaded is not None:
+        state.extras["preload"] = preloaded
     start_hooks = [load_model, *(hooks or [])]
     if settings.k_sink:
         start_hooks.append(cloudevents.start_sink)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cloudevents.core.base import BaseCloudEvent
 from cloudevents.core.bindings import http as ce_http
@@ -47,7 +47,6 @@ from functions.sentiment.inputs import (
     read_body,
     shown,
 )
-from functions.sentiment.model import Prediction
 from functions.sentiment.schemas import (
     MAX_ATTRIBUTE_CHARS,
     REQUEST_ID_EXTENSION,
@@ -58,6 +57,10 @@ from functions.sentiment.schemas import (
 from functions.sentiment.sink import EventSink, Send
 from shared.errors import ApiError, InvalidEvent, UnsupportedEventType
 from shared.tracing import extract_event_context
+
+if TYPE_CHECKING:  # the model module imports ONNX Runtime: the preload thread does that
+    from functions.sentiment.model import Prediction
+
 
 log = logging.getLogger("kubesentiment.cloudevents")
 tracer = trace.get_tracer("kubesentiment")

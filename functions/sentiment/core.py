@@ -14,7 +14,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
 from starlette.concurrency import run_in_threadpool
@@ -24,12 +24,14 @@ from starlette.types import Scope
 
 from functions.sentiment.batching import Batcher, Outcome
 from functions.sentiment.context import route_template, timings
-from functions.sentiment.model import Classifier, Prediction
 from shared.config import Settings
 from shared.errors import ApiError, InternalError, NotReady, Overloaded
 from shared.logs import request_id_var
 from shared.metrics import Metrics
 from shared.process import process_start_time
+
+if TYPE_CHECKING:  # the model module imports ONNX Runtime: the preload thread does that
+    from functions.sentiment.model import Classifier, Prediction
 
 log = logging.getLogger("kubesentiment.app")
 tracer = trace.get_tracer("kubesentiment")

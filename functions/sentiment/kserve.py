@@ -1,5 +1,6 @@
 """KServe Open Inference Protocol (v2) REST endpoints, so KServe and Triton clients can call us.
 
+
 Routes: `GET /v2`, `/v2/health/live`, `/v2/health/ready`, `/v2/models/{name}`,
 `/v2/models/{name}/ready` and `POST /v2/models/{name}/infer`. The model name is the manifest's
 name (the variant name is accepted too). The one input is a BYTES tensor of UTF-8 texts, shape
@@ -20,7 +21,7 @@ retry them. Readiness that is false answers 503 (with `{"ready": false}`), like 
 from __future__ import annotations
 
 import struct
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -35,9 +36,11 @@ from functions.sentiment.inputs import (
     read_body,
     shown,
 )
-from functions.sentiment.model import Classifier
 from functions.sentiment.schemas import MAX_NAME_CHARS, OUTPUTS
 from shared.errors import ApiError, NotFound
+
+if TYPE_CHECKING:  # the model module imports ONNX Runtime: the preload thread does that
+    from functions.sentiment.model import Classifier
 
 SERVER_NAME = "kubesentiment"
 SERVER_VERSION = "0.1.0"

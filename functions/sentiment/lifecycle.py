@@ -24,12 +24,13 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import Future
 
 from starlette.concurrency import run_in_threadpool
 
+from functions.sentiment import preload
 from functions.sentiment.batching import Batcher, RunStats
 from functions.sentiment.core import AppState
-from functions.sentiment.model import Classifier
 from shared.vault import SecretError
 
 log = logging.getLogger("kubesentiment.app")
@@ -46,17 +47,12 @@ STEPS = {"load_model": "loading the model", "start_sink": "starting the K_SINK s
 async def load_model(state: AppState) -> None:
     """Verify and load the model, build the batcher, warm up."""
     s, m = state.settings, state.metrics
-    t0 = time.perf_counter()
-    classifier = await asyncio.to_thread(
-        Classifier.load,
-        s.model_dir,
-        providers=s.providers,
-        intra_op_threads=s.intra_op_threads,
-        inter_op_threads=s.inter_op_threads,
-        chunk_overlap=s.chunk_overlap,
-        spinning=s.ort_spinning,
-    )
-    m.model_load.labels(s.variant).set(time.perf_counter() - t0)
+    preloaded: Future[preload.Loaded] | None = state.extras.pop("preload", None)
+    # The entry point starts loading before the web stack is imported (functions/sentiment/
+    # preload.py); an app built without it (tests, the func middleware) loads here.
+    future = preloaded if preloaded is not None else preload.start(s)
+    classifier, seconds = await asyncio.wrap_future(future)
+    m.model_load.labels(s.variant).set(seconds)
     if s.warmup:
         # The first session.run allocates buffers and picks kernels, and the first trip to the
         # request thread pool starts its threads: pay both before traffic.
