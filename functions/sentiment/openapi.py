@@ -78,8 +78,10 @@ def _op(summary: str, responses: dict[str, Any], **extra: Any) -> dict[str, Any]
     return {"summary": summary, "responses": responses, **extra}
 
 
-def _body(schema: dict[str, Any], media: str = "application/json") -> dict[str, Any]:
-    return {"required": True, "content": {media: {"schema": schema}}}
+def _body(schema: dict[str, Any], **examples: Any) -> dict[str, Any]:
+    named = {name: {"value": value} for name, value in examples.items()}
+    media = {"schema": schema, "examples": named}
+    return {"required": True, "content": {"application/json": media}}
 
 
 def paths(settings: Settings, model_names: list[str]) -> dict[str, Any]:
@@ -112,7 +114,14 @@ def paths(settings: Settings, model_names: list[str]) -> dict[str, Any]:
                     ),
                     **_errors(400, 401, 408, 413, 415, 422, 429, 500, 503),
                 },
-                requestBody=_body(_ref("PredictRequest")),
+                requestBody=_body(
+                    _ref("PredictRequest"),
+                    single={"text": "The plot was thin but the acting was wonderful", "id": "r1"},
+                    batch={
+                        "texts": ["I love it", {"id": 7, "text": "Worst purchase ever"}],
+                        "long_text": "chunk",
+                    },
+                ),
             )
         },
         "/": {
@@ -142,7 +151,11 @@ def paths(settings: Settings, model_names: list[str]) -> dict[str, Any]:
                     "per text, in order."
                 ),
                 parameters=ce_headers,
-                requestBody=_body(_ref("EventData")),
+                requestBody=_body(
+                    _ref("EventData"),
+                    texts={"texts": ["Great film", "Dull"]},
+                    items={"items": [{"id": "a", "text": "Great film"}, {"id": "b", "text": ""}]},
+                ),
                 # OpenAPI cannot make a header required for one media type only: the ce-*
                 # headers are required in binary mode and optional in structured mode. The
                 # machine-checked body is binary mode's; structured mode is stated here.
@@ -226,7 +239,19 @@ def paths(settings: Settings, model_names: list[str]) -> dict[str, Any]:
                     "length and its UTF-8 bytes."
                 ),
                 parameters=name,
-                requestBody=_body(_ref("V2InferRequest")),
+                requestBody=_body(
+                    _ref("V2InferRequest"),
+                    texts={
+                        "inputs": [
+                            {
+                                "name": "text",
+                                "shape": [2],
+                                "datatype": "BYTES",
+                                "data": ["Loved it", "Awful"],
+                            }
+                        ]
+                    },
+                ),
             )
         },
     }
