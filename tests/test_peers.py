@@ -18,9 +18,9 @@ import pytest
 from aiohttp import web
 
 from benchmarks.peers import loadgen, texts
-from benchmarks.peers.engine import Engine, session_options
+from benchmarks.peers.engine import Engine
 from benchmarks.peers.report import targets
-from functions.sentiment.model import Classifier, _session_options
+from functions.sentiment.model import Classifier
 
 ROOT = Path(__file__).resolve().parent.parent
 INT8 = ROOT / "models" / "minilm-sentiment-int8"
@@ -31,8 +31,14 @@ SAMPLE = [
 ]
 
 
-def test_engine_session_options_are_the_functions() -> None:
-    ours, theirs = _session_options(2, 1, False), session_options(2)
+@pytest.fixture(scope="module")
+def engine() -> Engine:
+    return Engine(INT8, threads=2)
+
+
+def test_engine_session_has_the_functions_options(engine: Engine) -> None:
+    ours = Classifier.load(INT8, intra_op_threads=2).session.get_session_options()
+    theirs = engine.session.get_session_options()
     for name in (
         "intra_op_num_threads",
         "inter_op_num_threads",
@@ -42,11 +48,6 @@ def test_engine_session_options_are_the_functions() -> None:
         assert getattr(theirs, name) == getattr(ours, name), name
     key = "session.intra_op.allow_spinning"
     assert theirs.get_session_config_entry(key) == ours.get_session_config_entry(key) == "0"
-
-
-@pytest.fixture(scope="module")
-def engine() -> Engine:
-    return Engine(INT8, threads=2)
 
 
 def test_engine_answers_like_the_function(engine: Engine) -> None:

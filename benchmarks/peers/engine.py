@@ -1,11 +1,10 @@
 """The model every peer serves: the same ONNX file, tokenizer and ONNX Runtime session options.
 
 Peer servers run in their own virtual environments, which hold numpy, onnxruntime and tokenizers
-but not KubeSentiment's serving stack, so this module imports nothing else from the repository
-except `shared.cpu` (standard library only). The session options mirror
-`functions.sentiment.model._session_options` (a unit test compares them): intra-op threads from
-the CPU quota, one inter-op thread, sequential execution, every graph optimisation, no spinning.
-A batch is padded to its longest text, as in our function; peers get no length sorting, since
+but not KubeSentiment's serving stack; `functions.sentiment.model` needs nothing more, so the
+session options and the padding are the function's own code (`session_options`, `padded_feeds`):
+intra-op threads from the CPU quota, one inter-op thread, sequential execution, every graph
+optimisation, no spinning, a batch padded to its longest text. Peers get no length sorting, since
 that is part of what is being compared.
 """
 
@@ -21,18 +20,8 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
+from functions.sentiment.model import padded_feeds, session_options
 from shared.cpu import available_cpus
-
-
-def session_options(threads: int) -> ort.SessionOptions:
-    """ONNX Runtime options identical to the function's (spinning off)."""
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return opts
 
 
 class Engine:
@@ -45,7 +34,7 @@ class Engine:
         self.threads = threads or available_cpus()
         self.session = ort.InferenceSession(
             str(directory / manifest.get("onnx_file", "model.onnx")),
-            sess_options=session_options(self.threads),
+            sess_options=session_options(self.threads, 1, spinning=False),
             providers=["CPUExecutionProvider"],
         )
         self.tokenizer = Tokenizer.from_file(
@@ -64,15 +53,7 @@ class Engine:
 
     def run(self, windows: Sequence[Sequence[int]]) -> np.ndarray[Any, np.dtype[np.float32]]:
         """Probabilities [N, C], the batch padded to its longest text."""
-        width = max(len(w) for w in windows)
-        ids = np.full((len(windows), width), self.pad_id, dtype=np.int64)
-        mask = np.zeros((len(windows), width), dtype=np.int64)
-        for row, window in enumerate(windows):
-            ids[row, : len(window)] = window
-            mask[row, : len(window)] = 1
-        feeds = {"input_ids": ids, "attention_mask": mask}
-        if "token_type_ids" in self._inputs:
-            feeds["token_type_ids"] = np.zeros_like(ids)
+        feeds = padded_feeds(windows, self.pad_id, self._inputs)
         return np.asarray(self.session.run(None, feeds)[self._prob], dtype=np.float32)
 
     def probabilities(self, texts: Sequence[str]) -> np.ndarray[Any, np.dtype[np.float32]]:

@@ -49,7 +49,8 @@ class Prediction:
     tokens: int
 
 
-def _session_options(intra: int, inter: int, spinning: bool = False) -> ort.SessionOptions:
+def session_options(intra: int, inter: int, spinning: bool = False) -> ort.SessionOptions:
+    """The ONNX Runtime options every session of the function uses (the peer benchmark too)."""
     opts = ort.SessionOptions()
     # ORT threading guide: one intra-op pool sized to the CPU quota, sequential execution,
     # no inter-op parallelism (a BERT graph has no independent branches worth it).
@@ -61,6 +62,22 @@ def _session_options(intra: int, inter: int, spinning: bool = False) -> ort.Sess
     # batched throughput at concurrency 32 from 499 to 1143 req/s (benchmarks/batching.py).
     opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     return opts
+
+
+def padded_feeds(
+    windows: Sequence[Sequence[int]], pad_id: int, input_names: set[str]
+) -> dict[str, np.ndarray[Any, np.dtype[np.int64]]]:
+    """Session inputs for token windows padded to the longest one (ids, mask, token types)."""
+    width = max(len(w) for w in windows)
+    ids = np.full((len(windows), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(windows), width), dtype=np.int64)
+    for row, window in enumerate(windows):
+        ids[row, : len(window)] = window
+        mask[row, : len(window)] = 1
+    feeds = {"input_ids": ids, "attention_mask": mask}
+    if "token_type_ids" in input_names:
+        feeds["token_type_ids"] = np.zeros_like(ids)
+    return feeds
 
 
 class Classifier:
@@ -124,7 +141,7 @@ class Classifier:
             usable = ["CPUExecutionProvider"]
         session = ort.InferenceSession(
             str(directory / manifest.onnx_file),
-            sess_options=_session_options(threads, inter_op_threads, spinning),
+            sess_options=session_options(threads, inter_op_threads, spinning),
             providers=usable,
         )
         tokenizer = Tokenizer.from_file(str(directory / manifest.tokenizer_file))
@@ -153,15 +170,7 @@ class Classifier:
 
     def run(self, windows: Sequence[Sequence[int]]) -> np.ndarray[Any, np.dtype[np.float32]]:
         """Probabilities [N, C] for token windows, padded to the longest one."""
-        width = max(len(w) for w in windows)
-        ids = np.full((len(windows), width), self.pad_id, dtype=np.int64)
-        mask = np.zeros((len(windows), width), dtype=np.int64)
-        for row, window in enumerate(windows):
-            ids[row, : len(window)] = window
-            mask[row, : len(window)] = 1
-        feeds = {"input_ids": ids, "attention_mask": mask}
-        if "token_type_ids" in self._input_names:
-            feeds["token_type_ids"] = np.zeros_like(ids)
+        feeds = padded_feeds(windows, self.pad_id, self._input_names)
         outputs = self.session.run(None, feeds)
         return np.asarray(outputs[self._prob_index], dtype=np.float32)
 
