@@ -17,6 +17,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from loadtests import local
 from loadtests.local import LOOPBACK, ROOT, LocalFunction, free_port, launch
 
 TICK = os.sysconf("SC_CLK_TCK")
@@ -118,14 +119,8 @@ def spawn(
 
 def stop(function: LocalFunction, timeout_s: float = 20.0) -> None:
     """SIGTERM the leader, wait, then SIGKILL whatever is left in its session."""
-    process, sid = function.process, function.process.pid
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
+    sid = function.process.pid
+    local.stop(function, timeout_s)
     deadline = time.monotonic() + 10
     while (left := session_pids(sid)) and time.monotonic() < deadline:
         for pid in left:
