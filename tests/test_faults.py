@@ -181,8 +181,10 @@ def test_vault_stopped_mid_run_keeps_serving_on_cached_secrets(
         bao.stop()
     expected = {"/predict": 200, "/v2": 200, "/": 200, "no key": 401}
     assert answers == {**expected, "readiness": 200, "liveness": 200}
-    assert "cached-key-1" not in server.logs()
-    assert secret_id not in server.logs()
+    logs = server.logs()
+    assert "vault renew failed" in logs or "vault login failed" in logs
+    assert "cached-key-1" not in logs
+    assert secret_id not in logs
     print(f"\n(b) Vault stopped mid-run: {failures:g} failed renewals/logins; answers {answers}")
 
 
