@@ -25,6 +25,7 @@ from tests.conftest import DEFAULT_MODEL, FP32_MODEL, ROOT
 torch = pytest.importorskip("torch", reason="the training dependency group is not installed")
 transformers = pytest.importorskip("transformers")
 
+from tests.tiny import save_wordpiece_tokenizer  # noqa: E402
 from training import data, finetune, labelled, quantgate  # noqa: E402
 from training.modeling import from_base, save_trained  # noqa: E402
 
@@ -36,20 +37,11 @@ FILLER = ("i", "it", "this", "movie", "was", "the", "a", "ok")
 @pytest.fixture(scope="module")
 def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(encoder folder, checkpoint): a tiny random BERT standing in for MiniLM and the default."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-
     encoder = tmp_path_factory.mktemp("tiny-encoder")
     words = [*POSITIVE, *NEGATIVE, *FILLER, "not", "stars"]
-    vocab = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words])}
-    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
-    )
-    tok.save(str(encoder / "tokenizer.json"))
+    vocab_size = save_wordpiece_tokenizer(words, encoder)
     config = transformers.BertConfig(
-        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
         intermediate_size=64, max_position_embeddings=128,
     )  # fmt: skip
     torch.manual_seed(0)

@@ -18,6 +18,7 @@ from tests.conftest import DEFAULT_MODEL, FP32_MODEL, ROOT
 torch = pytest.importorskip("torch", reason="the training dependency group is not installed")
 transformers = pytest.importorskip("transformers")
 
+from tests.tiny import save_wordpiece_tokenizer  # noqa: E402
 from training import data, export  # noqa: E402
 from training.modeling import from_base  # noqa: E402
 from training.train import base_model_dir  # noqa: E402
@@ -26,23 +27,14 @@ from training.train import base_model_dir  # noqa: E402
 @pytest.fixture(scope="module")
 def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny randomly initialised BERT sequence classifier with its own fast tokenizer."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-
     src = tmp_path_factory.mktemp("tiny-bert")
     words = [
         *("i", "love", "hate", "it", "this", "movie", "was", "great"),
         *("terrible", "ok", "not", "bad", "good", "the", "a"),
     ]
-    vocab = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words])}
-    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
-    )
-    tok.save(str(src / "tokenizer.json"))
+    vocab_size = save_wordpiece_tokenizer(words, src)
     config = transformers.BertConfig(
-        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
         intermediate_size=64, max_position_embeddings=64,
         id2label={0: "NEG", 1: "POS"}, label2id={"NEG": 0, "POS": 1},
     )  # fmt: skip
