@@ -44,7 +44,6 @@ if TYPE_CHECKING:  # the model module imports ONNX Runtime: the preload thread d
 
 SERVER_NAME = "kubesentiment"
 SERVER_VERSION = "0.1.0"
-OUTPUT_NAMES = OUTPUTS
 REQUEST_FIELDS = frozenset({"id", "parameters", "inputs", "outputs"})
 TENSOR_FIELDS = frozenset({"name", "shape", "datatype", "parameters", "data"})
 OUTPUT_FIELDS = frozenset({"name", "parameters"})
@@ -267,7 +266,7 @@ async def infer(request: Request, state: AppState) -> Response:
     limits = (s.max_texts, s.max_text_chars)
     texts = _texts(payload, tail, header_length is not None, limits)
     long_text = payload.get("parameters", {}).get("long_text")
-    available = [n for n in OUTPUT_NAMES if n != "score" or classifier.has_score]
+    available = [n for n in OUTPUTS if n != "score" or classifier.has_score]
     wanted = _wanted(payload, available)
     predictions = await classify(state, texts, long_text=long_text)
     n, labels = len(predictions), list(classifier.labels)

@@ -18,7 +18,7 @@ from functions.sentiment.schemas import (
     REQUEST_TYPE,
     RESPONSE_TYPE,
     STRUCTURED_JSON,
-    _ref,
+    ref,
     schemas,
 )
 from shared.auth import OPEN_PATHS
@@ -62,7 +62,7 @@ def _errors(*codes: int, v2: bool = False) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for code in codes:
         # The API-key middleware answers 401 in the main shape on every route.
-        schema = _ref("V2Error") if v2 and code != 401 else _ref("Error")
+        schema = ref("V2Error") if v2 and code != 401 else ref("Error")
         headers: dict[str, Any] = dict(_RETRY if code in (429, 503) else _STD)
         if code == 401:
             headers["WWW-Authenticate"] = {"$ref": "#/components/headers/WWWAuthenticate"}
@@ -109,13 +109,13 @@ def paths(settings: Settings, model_names: list[str]) -> dict[str, Any]:
                 "Classify one text or a batch of texts",
                 {
                     "200": _reply(
-                        {"oneOf": [_ref("Prediction"), _ref("Results")]},
+                        {"oneOf": [ref("Prediction"), ref("Results")]},
                         "One prediction for `text`, or `results` in input order for `texts`",
                     ),
                     **_errors(400, 401, 408, 413, 415, 422, 429, 500, 503),
                 },
                 requestBody=_body(
-                    _ref("PredictRequest"),
+                    ref("PredictRequest"),
                     single={"text": "The plot was thin but the acting was wonderful", "id": "r1"},
                     batch={
                         "texts": ["I love it", {"id": 7, "text": "Worst purchase ever"}],
@@ -135,8 +135,8 @@ def paths(settings: Settings, model_names: list[str]) -> dict[str, Any]:
                         ),
                         "headers": _STD,
                         "content": {
-                            "application/json": {"schema": _ref("EventResults")},
-                            STRUCTURED_JSON: {"schema": _ref("ReplyEvent")},
+                            "application/json": {"schema": ref("EventResults")},
+                            STRUCTURED_JSON: {"schema": ref("ReplyEvent")},
                         },
                     },
                     **_errors(400, 401, 408, 413, 429, 500, 503),
@@ -152,7 +152,7 @@ def paths(settings: Settings, model_names: list[str]) -> dict[str, Any]:
                 ),
                 parameters=ce_headers,
                 requestBody=_body(
-                    _ref("EventData"),
+                    ref("EventData"),
                     texts={"texts": ["Great film", "Dull"]},
                     items={"items": [{"id": "a", "text": "Great film"}, {"id": "b", "text": ""}]},
                 ),
@@ -161,7 +161,7 @@ def paths(settings: Settings, model_names: list[str]) -> dict[str, Any]:
                 # machine-checked body is binary mode's; structured mode is stated here.
                 **{
                     "x-cloudevents-structured-mode": {
-                        "content": {STRUCTURED_JSON: {"schema": _ref("StructuredEvent")}},
+                        "content": {STRUCTURED_JSON: {"schema": ref("StructuredEvent")}},
                         "headers": "ce-* headers optional; when present they must be valid",
                     }
                 },
@@ -170,7 +170,7 @@ def paths(settings: Settings, model_names: list[str]) -> dict[str, Any]:
         "/health/liveness": {
             "get": _op(
                 "Process is alive",
-                {**ok_json, "503": _reply(_ref("Error"), _NOT_LIVE)},
+                {**ok_json, "503": _reply(ref("Error"), _NOT_LIVE)},
             )
         },
         "/health/readiness": {
@@ -227,7 +227,7 @@ def paths(settings: Settings, model_names: list[str]) -> dict[str, Any]:
                 "Open Inference Protocol: classify a BYTES tensor of texts",
                 {
                     "200": _reply(
-                        _ref("V2InferResponse"),
+                        ref("V2InferResponse"),
                         "outputs label (BYTES), score (FP32), probabilities (FP32 [N, C])",
                     ),
                     **_errors(400, 401, 404, 408, 413, 429, 500, 503, v2=True),
@@ -240,7 +240,7 @@ def paths(settings: Settings, model_names: list[str]) -> dict[str, Any]:
                 ),
                 parameters=name,
                 requestBody=_body(
-                    _ref("V2InferRequest"),
+                    ref("V2InferRequest"),
                     texts={
                         "inputs": [
                             {

@@ -37,7 +37,8 @@ CLEAN = f"^[^{BAD}]*$"
 TEXT = f"^[{SPACE}]*[^{SPACE}{BAD}][^{BAD}]*$"
 
 
-def _ref(name: str) -> dict[str, str]:
+def ref(name: str) -> dict[str, str]:
+    """A JSON reference to one of the component schemas."""
     return {"$ref": f"#/components/schemas/{name}"}
 
 
@@ -80,30 +81,30 @@ def schemas(settings: Settings, model_names: list[str]) -> dict[str, Any]:
         "Item": {
             "type": "object",
             "required": ["text"],
-            "properties": {"id": _ref("Id"), "text": _ref("Text")},
+            "properties": {"id": ref("Id"), "text": ref("Text")},
             "additionalProperties": False,
         },
         "SingleRequest": {
             "type": "object",
             "required": ["text"],
-            "properties": {"text": _ref("Text"), "id": _ref("Id"), "long_text": long_text},
+            "properties": {"text": ref("Text"), "id": ref("Id"), "long_text": long_text},
             "additionalProperties": False,
         },
         "BatchRequest": {
             "type": "object",
             "required": ["texts"],
             "properties": {
-                "texts": {**texts, "items": {"oneOf": [_ref("Text"), _ref("Item")]}},
+                "texts": {**texts, "items": {"oneOf": [ref("Text"), ref("Item")]}},
                 "long_text": long_text,
             },
             "additionalProperties": False,
         },
-        "PredictRequest": {"oneOf": [_ref("SingleRequest"), _ref("BatchRequest")]},
+        "PredictRequest": {"oneOf": [ref("SingleRequest"), ref("BatchRequest")]},
         "Prediction": {
             "type": "object",
             "required": ["label", "score", "probabilities", "truncated", "model", "variant"],
             "properties": {
-                "id": _ref("Id"),
+                "id": ref("Id"),
                 "label": {"type": "string"},
                 "score": {"type": ["number", "null"], "minimum": -1, "maximum": 1},
                 "probabilities": {
@@ -119,7 +120,7 @@ def schemas(settings: Settings, model_names: list[str]) -> dict[str, Any]:
         "Results": {
             "type": "object",
             "required": ["results"],
-            "properties": {"results": {"type": "array", "items": _ref("Prediction")}},
+            "properties": {"results": {"type": "array", "items": ref("Prediction")}},
             "additionalProperties": False,
         },
         "EventData": {
@@ -138,7 +139,7 @@ def schemas(settings: Settings, model_names: list[str]) -> dict[str, Any]:
         },
         "ItemResult": {
             "oneOf": [
-                _ref("Prediction"),
+                ref("Prediction"),
                 {
                     "type": "object",
                     "required": ["index", "error"],
@@ -161,7 +162,7 @@ def schemas(settings: Settings, model_names: list[str]) -> dict[str, Any]:
         "EventResults": {
             "type": "object",
             "required": ["results"],
-            "properties": {"results": {"type": "array", "items": _ref("ItemResult")}},
+            "properties": {"results": {"type": "array", "items": ref("ItemResult")}},
         },
         "Attribute": attr,
         "StructuredEvent": {
@@ -176,7 +177,7 @@ def schemas(settings: Settings, model_names: list[str]) -> dict[str, Any]:
                 "datacontenttype": {**attr, "minLength": 1},
                 "dataschema": {**attr, "minLength": 1},
                 "time": {"type": "string", "format": "date-time"},
-                "data": _ref("EventData"),
+                "data": ref("EventData"),
             },
             "propertyNames": {"pattern": "^[a-z0-9]{1,20}$"},
             # Extension attributes: the CloudEvents types String, Integer (32-bit) and Boolean.
@@ -190,9 +191,9 @@ def schemas(settings: Settings, model_names: list[str]) -> dict[str, Any]:
         "ReplyEvent": {
             "type": "object",
             "required": ["specversion", "id", "source", "type", REQUEST_ID_EXTENSION, "data"],
-            "properties": {"type": {"const": RESPONSE_TYPE}, "data": _ref("EventResults")},
+            "properties": {"type": {"const": RESPONSE_TYPE}, "data": ref("EventResults")},
         },
-        **_v2_schemas(n_max, model_names, text_ref=_ref("Text")),
+        **_v2_schemas(n_max, model_names, text_ref=ref("Text")),
     }
 
 
