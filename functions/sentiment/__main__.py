@@ -46,8 +46,11 @@ def main() -> None:
     except ValueError as e:  # the SDK's own OTEL_* variables (OTEL_BSP_MAX_QUEUE_SIZE=-1, ...)
         # The SDK read them itself; name the batch-processor variables that are set.
         names = ", ".join(f"{k}={v}" for k, v in os.environ.items() if k.startswith("OTEL_BSP_"))
+        # The model is loading on a thread inside ONNX Runtime; a normal interpreter exit would
+        # finalise under it (C++ `terminate`, SIGABRT), so leave at once with status 2.
         print(f"configuration error: OpenTelemetry settings ({names}): {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+        sys.stderr.flush()
+        os._exit(2)
     app = create_app(settings, preloaded=preloaded)
     if provider is not None:
         tracing.instrument(app, provider)
