@@ -11,7 +11,7 @@ exception text or a stack trace (those go to the log).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 
@@ -114,6 +114,25 @@ class SinkFull(ApiError):
 
     status = 503
     type = "sink_full"
+
+
+class DeadlineExceeded(ApiError):
+    """The request's deadline (its own, or MAX_REQUEST_TIMEOUT_SECONDS) passed before its texts
+    were run: they were never computed (504). `partial` holds, for a batch some of whose texts
+    were run in time, one result per text in order and None for each text that was not."""
+
+    status = 504
+    type = "deadline_exceeded"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        partial: Sequence[Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message, headers=headers)
+        self.partial: list[Any] | None = None if partial is None else list(partial)
 
 
 class InternalError(ApiError):

@@ -20,6 +20,13 @@ waits forever.
 
 With batching off, each request runs on its own (split into runs of BATCH_MAX_SIZE), in arrival
 order, on the same thread.
+
+Priorities and deadlines (`submit(..., priority=, deadline=)`): the queue is one lane per priority
+(`lanes.Lanes`: higher lanes first, a text overtaken longer than PRIORITY_MAX_WAIT_MS goes next).
+A text whose deadline has passed is never run: submit refuses it at once, the worker drops it
+when it takes a batch and again before each run, and the lone-request and batching-off paths
+check before each run. Its caller gets `DeadlineExceeded` (504), carrying the results of the
+request's other texts when some of them were run in time.
 """
 
 from __future__ import annotations
@@ -30,12 +37,16 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from shared.errors import NotReady, Overloaded
+from functions.sentiment.lanes import NORMAL, Lanes, expired, settle
+from functions.sentiment.lanes import RUN_OVERHEAD_TOKENS as RUN_OVERHEAD_TOKENS
+from functions.sentiment.lanes import Item as _Item
+from functions.sentiment.lanes import group_by_length as group_by_length
+from shared.errors import DeadlineExceeded, NotReady, Overloaded
 
 log = logging.getLogger("kubesentiment.batching")
 
@@ -77,57 +88,6 @@ class Outcome:
         return max(0, self.ended_ns - self.started_ns) / 1e9
 
 
-@dataclass
-class _Item:
-    windows: tuple[Window, ...]
-    future: asyncio.Future[tuple[Probabilities, RunStats]]
-    enqueued: float = field(default_factory=time.perf_counter)
-
-    @property
-    def width(self) -> int:
-        return max(len(w) for w in self.windows)
-
-
-# What one extra ONNX run costs, in padded tokens of compute. Measured on the int8 MiniLM with
-# 2 cores: a run costs about a + b * windows * width with a ~ 0.2-2.4 ms and b ~ 0.06-0.13 ms per
-# token (quiet vs contended cores), so a is worth 4-20 tokens; 16 splits only where it clearly pays.
-RUN_OVERHEAD_TOKENS = 16
-
-
-def group_by_length(
-    items: list[_Item], max_size: int, overhead: int = RUN_OVERHEAD_TOKENS
-) -> list[list[_Item]]:
-    """Split items, sorted by length, into runs of at most `max_size` windows with similar widths.
-
-    A run is padded to its longest window, and its cost grows with windows x width, so the split
-    that minimises total padded tokens plus `overhead` per run is found exactly (dynamic
-    programming over the sorted items, O(n x max_size)): short texts no longer pay for a long
-    neighbour's padding, and a batch of near-equal texts stays one run.
-    """
-    ordered = sorted(items, key=lambda i: i.width)
-    n = len(ordered)
-    best = [0] * (n + 1)  # best[k]: cost of the first k items
-    cut = [0] * (n + 1)  # where the last group of the first k items starts
-    for end in range(1, n + 1):
-        width = ordered[end - 1].width  # the widest of any group ending here
-        windows = 0
-        best[end] = -1
-        for begin in range(end - 1, -1, -1):
-            windows += len(ordered[begin].windows)
-            if windows > max_size and begin < end - 1:
-                break
-            cost = best[begin] + overhead + windows * width
-            if best[end] < 0 or cost < best[end]:
-                best[end], cut[end] = cost, begin
-    groups: list[list[_Item]] = []
-    end = n
-    while end > 0:
-        groups.append(ordered[cut[end] : end])
-        end = cut[end]
-    groups.reverse()
-    return groups
-
-
 class Batcher:
     """Queues texts' token windows and runs them on one inference thread."""
 
@@ -141,6 +101,9 @@ class Batcher:
         max_queued: int = 4096,
         retry_after_s: int = 1,
         on_run: Callable[[RunStats], None] | None = None,
+        priorities: bool = True,
+        priority_max_wait_s: float = 0.05,
+        on_expired: Callable[[int, int], None] | None = None,
     ) -> None:
         self._run = run
         self.enabled = enabled
@@ -150,7 +113,8 @@ class Batcher:
         self.retry_after = {"Retry-After": str(retry_after_s)}
         self._on_run = on_run
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnx")
-        self._queue: asyncio.Queue[_Item] | None = None
+        self._queue = Lanes(enabled=priorities, max_wait_s=priority_max_wait_s)
+        self._on_expired = on_expired  # (texts, priority) never run: their deadline passed
         self._worker: asyncio.Task[None] | None = None
         self.queued = 0  # texts accepted and not yet answered
         self.draining = False
@@ -163,7 +127,6 @@ class Batcher:
 
     async def start(self) -> None:
         """Start the worker (call from the running event loop)."""
-        self._queue = asyncio.Queue()
         self._idle = asyncio.Event()
         self._idle.set()
         if self.enabled:
@@ -182,10 +145,20 @@ class Batcher:
         finally:
             self.expected -= texts
 
-    async def submit(self, windows: Sequence[tuple[Window, ...]]) -> Outcome:
-        """Probabilities for each text's windows, in order; raises Overloaded or NotReady."""
+    async def submit(
+        self,
+        windows: Sequence[tuple[Window, ...]],
+        *,
+        deadline: float | None = None,
+        priority: int = NORMAL,
+    ) -> Outcome:
+        """Probabilities for each text's windows, in order; raises Overloaded, NotReady or
+        DeadlineExceeded (`deadline` is a time.monotonic() instant; `priority` a lanes lane)."""
         if self.draining:
             raise NotReady("the function is shutting down", headers=self.retry_after)
+        if deadline is not None and time.monotonic() >= deadline:
+            self._expired(len(windows), priority)
+            raise DeadlineExceeded("the deadline passed before the texts could be queued")
         # A request larger than the whole limit is admitted when nothing else waits; refusing it
         # with 429 would make Knative and clients retry it forever (MAX_TEXTS bounds it anyway).
         if self.queued and self.queued + len(windows) > self.max_queued:
@@ -193,14 +166,14 @@ class Batcher:
                 f"too many texts waiting for inference (limit {self.max_queued})",
                 headers=self.retry_after,
             )
-        assert self._queue is not None, "Batcher.start() not awaited"
-        assert self._idle is not None
+        assert self._idle is not None, "Batcher.start() not awaited"
         self.queued += len(windows)
         self._idle.clear()
         enqueued_ns = time.time_ns()
         try:
+            results: list[Any]
             if not self.enabled:
-                results = await self._run_alone(windows)
+                results = await self._run_alone(windows, deadline, priority)
             elif (
                 len(windows) == 1
                 and self._idle_worker
@@ -214,15 +187,20 @@ class Batcher:
                 # share the next run.
                 self._free.clear()
                 try:
-                    results = await self._run_alone(windows)
+                    results = await self._run_alone(windows, deadline, priority)
                 finally:
                     self._free.set()
             else:
                 loop = asyncio.get_running_loop()
-                items = [_Item(tuple(w), loop.create_future()) for w in windows]
+                items = [
+                    _Item(tuple(w), loop.create_future(), priority=priority, deadline=deadline)
+                    for w in windows
+                ]
                 for item in items:
-                    self._queue.put_nowait(item)
-                results = list(await asyncio.gather(*(i.future for i in items)))
+                    self._queue.put(item)
+                futures = (i.future for i in items)
+                results = list(await asyncio.gather(*futures, return_exceptions=True))
+            results = settle(results)
             stats = [s for _, s in results]
             return Outcome(
                 probabilities=[p for p, _ in results],
@@ -236,15 +214,25 @@ class Batcher:
             if self.queued == 0:
                 self._idle.set()
 
+    def _expired(self, texts: int, priority: int) -> None:
+        if self._on_expired is not None and texts:
+            self._on_expired(texts, priority)
+
     async def _run_alone(
-        self, windows: Sequence[tuple[Window, ...]]
-    ) -> list[tuple[Probabilities, RunStats]]:
-        # Runs of at most max_size windows (a text's windows stay in one run), in order.
+        self, windows: Sequence[tuple[Window, ...]], deadline: float | None, priority: int
+    ) -> list[Any]:
+        # Runs of at most max_size windows (a text's windows stay in one run), in order; once
+        # the deadline has passed, the texts not yet run get DeadlineExceeded instead.
         loop = asyncio.get_running_loop()
         enqueued = time.perf_counter()
-        out: list[tuple[Probabilities, RunStats]] = []
+        out: list[Any] = []
         start = 0
         while start < len(windows):
+            if deadline is not None and time.monotonic() >= deadline:
+                late = len(windows) - start
+                self._expired(late, priority)
+                out.extend(DeadlineExceeded("the deadline passed") for _ in range(late))
+                break
             end, size = start, 0
             while end < len(windows) and (
                 end == start or size + len(windows[end]) <= self.max_size
@@ -281,18 +269,36 @@ class Batcher:
             self._on_run(stats)
         return probs, stats
 
+    def _pop_live(self) -> _Item | None:
+        # The next queued item whose deadline has not passed; expired ones fail on the way.
+        now = time.monotonic()
+        while not self._queue.empty():
+            item = self._queue.pop()
+            if not expired(item, now):
+                return item
+            self._drop([item])
+        return None
+
+    def _drop(self, items: list[_Item]) -> None:
+        for item in items:
+            if not item.future.done():
+                self._expired(1, item.priority)
+                item.future.set_exception(DeadlineExceeded("the deadline passed while queued"))
+
     async def _take(self) -> list[_Item]:
-        assert self._queue is not None
-        self._idle_worker = True
-        try:
-            first = await self._queue.get()
-        finally:
-            self._idle_worker = False
-        items = self._taken = [first]  # held: close() fails it if cancelled from here on
-        await self._free.wait()  # a fast-path run may hold the inference thread: queue up behind
+        items: list[_Item] = []
+        while not items:
+            self._idle_worker = True
+            try:
+                await self._queue.wait()
+            finally:
+                self._idle_worker = False
+            await self._free.wait()  # a fast-path run may hold the inference thread
+            first = self._pop_live()
+            if first is not None:
+                items = self._taken = [first]  # held: close() fails it if cancelled from here
         size = len(items[0].windows)
-        while size < self.max_size and not self._queue.empty():
-            item = self._queue.get_nowait()
+        while size < self.max_size and (item := self._pop_live()) is not None:
             items.append(item)
             size += len(item.windows)
         # Top up only while announced texts are on their way (being tokenized): they would
@@ -303,12 +309,11 @@ class Batcher:
                 remaining = deadline - time.perf_counter()
                 if remaining <= 0:
                     break
-                try:
-                    item = await asyncio.wait_for(self._queue.get(), remaining)
-                except TimeoutError:
+                if not await self._queue.wait(remaining):
                     break
-                items.append(item)
-                size += len(item.windows)
+                if (item := self._pop_live()) is not None:
+                    items.append(item)
+                    size += len(item.windows)
         return items
 
     async def _loop(self) -> None:
@@ -324,6 +329,8 @@ class Batcher:
     async def _run_groups(self, items: list[_Item]) -> None:
         loop = asyncio.get_running_loop()
         for group in group_by_length(items, self.max_size):
+            now = time.monotonic()  # a group may wait for the runs before it: check again
+            self._drop([i for i in group if expired(i, now)])
             live = [i for i in group if not i.future.done()]
             if not live:
                 continue
@@ -359,9 +366,7 @@ class Batcher:
             self._worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._worker
-        pending = list(self._taken)
-        while self._queue is not None and not self._queue.empty():
-            pending.append(self._queue.get_nowait())
+        pending = [*self._taken, *self._queue.clear()]
         _fail(pending, NotReady("the function stopped before this text was run"))
         self._executor.shutdown(wait=True)
 
