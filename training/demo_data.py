@@ -27,13 +27,9 @@ LABEL = {"fresh": "positive", "rotten": "negative"}
 
 def default_trained_texts(checkpoint: Path) -> set[str]:
     """Every text the committed default model was trained on (its recipe's samples replayed)."""
-    from training.train import SEED as TRAIN_SEED
-    from training.train import sample
+    from training.train import assemble
 
-    recipe = json.loads((checkpoint / "training.json").read_text())
-    examples = data.training_set()
-    examples = sample(examples, "crowdflower", recipe["crowdflower_fraction"], TRAIN_SEED + 1)
-    examples = sample(examples, data.MOVIE_TRAIN_SOURCE, recipe["movie_fraction"], TRAIN_SEED + 2)
+    examples, _ = assemble(json.loads((checkpoint / "training.json").read_text()))
     return {e.text for e in examples}
 
 

@@ -27,11 +27,13 @@ import random
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from tokenizers import Tokenizer
 
 from training import data
+from training.calibrate import calibrate
 from training.modeling import (
     FROZEN,
     MeanPoolingBertForSequenceClassification,
@@ -165,6 +167,43 @@ def fit(
     return total
 
 
+RECIPE_KEYS = (
+    "max_tokens", "crowdflower_fraction", "movie_fraction", "hutto_repeat", "rt_fraction",
+    "paragraphs", "dev_fraction",
+)  # fmt: skip
+DEV_SOURCES = {f"hutto-{s}": "hutto" for s in data.HUTTO_SOURCES} | {"crowdflower": "crowdflower"}
+
+
+def assemble(
+    recipe: dict[str, Any], exclude_sources: frozenset[str] = frozenset()
+) -> tuple[list[data.Example], dict[str, list[data.Example]]]:
+    """The training rows of a recipe (training.json's keys; older files lack the newer ones) and
+    the dev rows held back for calibration, by group. `exclude_sources` drops whole sources
+    (leave-one-domain-out). Deterministic: only the seed and the data decide."""
+    examples = data.training_set()
+    rt_fraction = float(recipe.get("rt_fraction", 0.0))
+    if rt_fraction > 0:
+        rt = data.rotten_tomatoes_split("train")
+        examples += sample(rt, data.RT_SOURCE, rt_fraction, SEED + 3)
+    examples = [e for e in examples if e.source not in exclude_sources]
+    dev: dict[str, list[data.Example]] = {}
+    fraction = float(recipe.get("dev_fraction", 0.0))
+    if fraction > 0:
+        held = [e for e in examples if e.source in DEV_SOURCES and data.in_dev(e, fraction)]
+        for e in held:
+            dev.setdefault(DEV_SOURCES[e.source], []).append(e)
+        kept = {id(e) for e in held}
+        examples = [e for e in examples if id(e) not in kept]
+    examples = sample(examples, "crowdflower", recipe["crowdflower_fraction"], SEED + 1)
+    examples = sample(examples, data.MOVIE_TRAIN_SOURCE, recipe["movie_fraction"], SEED + 2)
+    single = list(examples)
+    if recipe["hutto_repeat"] > 1:
+        hutto_sources = {f"hutto-{source}" for source in data.HUTTO_SOURCES}
+        examples += [e for e in single if e.source in hutto_sources] * (recipe["hutto_repeat"] - 1)
+    examples += data.paragraphs(single, int(recipe.get("paragraphs", 0)), SEED + 4)
+    return examples, dev
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("models/minilm-sentiment-checkpoint"))
@@ -191,6 +230,19 @@ def main(argv: list[str] | None = None) -> None:
         default=2,
         help="times each Hutto tweet, Amazon and NYT training row is seen per epoch",
     )
+    parser.add_argument(
+        "--rt-fraction", type=float, default=0.0,
+        help="share of the Rotten Tomatoes training rows used (a seeded sample)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--paragraphs", type=int, default=0,
+        help="review-length rows made by joining same-label snippets (training.data.paragraphs)",
+    )  # fmt: skip
+    parser.add_argument("--max-tokens", type=int, default=TRAIN_MAX_TOKENS)
+    parser.add_argument(
+        "--dev-fraction", type=float, default=0.0,
+        help="share of Hutto and CrowdFlower training rows held back to calibrate the classes",
+    )  # fmt: skip
     args = parser.parse_args(argv)
 
     random.seed(SEED)
@@ -199,14 +251,10 @@ def main(argv: list[str] | None = None) -> None:
     rng = random.Random(SEED)
 
     base = base_model_dir()
-    tokenizer = training_tokenizer(base / "tokenizer.json", TRAIN_MAX_TOKENS)
+    tokenizer = training_tokenizer(base / "tokenizer.json", args.max_tokens)
 
-    examples = data.training_set()
-    examples = sample(examples, "crowdflower", args.crowdflower_fraction, SEED + 1)
-    examples = sample(examples, data.MOVIE_TRAIN_SOURCE, args.movie_fraction, SEED + 2)
-    if args.hutto_repeat > 1:
-        hutto_sources = {f"hutto-{source}" for source in data.HUTTO_SOURCES}
-        examples += [e for e in examples if e.source in hutto_sources] * (args.hutto_repeat - 1)
+    recipe = {k: getattr(args, k) for k in RECIPE_KEYS}
+    examples, dev = assemble(recipe)
     if args.limit:
         examples = examples[: args.limit]
     model = from_base(base, data.LABELS)
@@ -221,6 +269,8 @@ def main(argv: list[str] | None = None) -> None:
         model, examples, tokenizer, epochs=args.epochs, lr=args.lr,
         batch_size=args.batch_size, rng=rng, rating_weight=args.rating_weight, progress=report,
     )  # fmt: skip
+    seconds = round(time.monotonic() - started, 1)
+    calibration = calibrate(model, dev, tokenizer) if dev else None
     save_trained(model, args.out)
     (args.out / "training.json").write_text(
         json.dumps(
@@ -229,14 +279,12 @@ def main(argv: list[str] | None = None) -> None:
                 "epochs": args.epochs,
                 "lr": args.lr,
                 "batch_size": args.batch_size,
-                "max_tokens": TRAIN_MAX_TOKENS,
                 "rating_weight": args.rating_weight,
-                "crowdflower_fraction": args.crowdflower_fraction,
-                "movie_fraction": args.movie_fraction,
-                "hutto_repeat": args.hutto_repeat,
+                **recipe,
+                "calibration": calibration,
                 "examples": len(examples),
                 "steps": total,
-                "seconds": round(time.monotonic() - started, 1),
+                "seconds": seconds,
                 "data": data.DESCRIPTION,
             },
             indent=2,
