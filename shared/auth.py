@@ -30,8 +30,8 @@ from shared.metrics import Metrics
 
 REALM = "kubesentiment"
 
-# Exact paths that stay open: Knative/kubelet probes, KServe v2 health, the Prometheus scrape and
-# the API description.
+# Exact paths that stay open: Knative/kubelet probes, KServe v2 health, the Prometheus scrape, the
+# API description and the playground page (static: no data, no key; its calls need a key).
 OPEN_PATHS = frozenset(
     {
         "/health/liveness",
@@ -40,6 +40,7 @@ OPEN_PATHS = frozenset(
         "/v2/health/ready",
         "/metrics",
         "/openapi.json",
+        "/playground",
     }
 )
 

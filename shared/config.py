@@ -228,6 +228,15 @@ class Settings:
     warmup: bool = setting(
         "WARMUP", "true", _bool, "Run a warm-up inference before reporting ready."
     )
+    explain_max_words: int = setting(
+        "EXPLAIN_MAX_WORDS",
+        "128",
+        _int(1, 4096),
+        "Words an explanation scores (one model input each); later words get no attribution.",
+    )
+    playground: bool = setting(
+        "PLAYGROUND", "on", _bool, "Serve the playground page at `GET /playground`."
+    )
     log_level: str = setting(
         "LOG_LEVEL", "INFO", _choice("debug", "info", "warning", "error"), "Log level."
     )

@@ -18,7 +18,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from functions.sentiment import cloudevents, kserve, rest
+from functions.sentiment import cloudevents, explain, kserve, playground, rest
 from functions.sentiment.context import RequestContext
 from functions.sentiment.core import AppState, app_state, error_response, unexpected_response
 from functions.sentiment.lifecycle import StartHook, load_model, remaining, shutdown, startup
@@ -88,6 +88,8 @@ def create_app(
         *rest.routes(),
         *cloudevents.routes(),
         *kserve.routes(),
+        *explain.routes(),
+        *playground.routes(settings.playground),
         *(extra_routes or []),
         Route("/metrics", _AsgiEndpoint(make_asgi_app(metrics.registry)), methods=["GET"]),
     ]

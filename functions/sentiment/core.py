@@ -120,9 +120,12 @@ def inference(adapter: Adapter) -> Callable[[Request], Awaitable[Response]]:
 
 
 async def classify(
-    state: AppState, texts: list[str], *, long_text: str | None = None
+    state: AppState, texts: list[str], *, long_text: str | None = None, observe: int | None = None
 ) -> list[Prediction]:
-    """Tokenize (long inputs off the event loop), run through the batcher, record metrics/spans."""
+    """Tokenize (long inputs off the event loop), run through the batcher, record metrics/spans.
+
+    Prediction metrics count only the first `observe` texts (all by default): an explanation's
+    masked variants share the submit but are not predictions anyone asked for."""
     # Only an endpoint's entry refuses work while draining: a request it already accepted (body
     # read, maybe queued) still completes after SIGTERM (Knative runtime contract).
     classifier, batcher = state.classifier, state.batcher
@@ -152,7 +155,7 @@ async def classify(
         t["tokenize"] = t.get("tokenize", 0.0) + tokenize_s
         t["queue"] = t.get("queue", 0.0) + outcome.queue_seconds
         t["inference"] = t.get("inference", 0.0) + outcome.inference_seconds
-    for p in predictions:
+    for p in predictions[:observe]:
         m.tokens_per_text.labels(variant).observe(p.tokens)
         m.predictions.labels(p.label, variant).inc()
         if p.truncated:

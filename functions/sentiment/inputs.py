@@ -254,6 +254,7 @@ class PredictRequest:
     items: list[Item]
     single: bool
     long_text: str | None
+    explain: bool = False
 
 
 def parse_predict(data: Any, *, max_texts: int, max_chars: int) -> PredictRequest:
@@ -263,16 +264,19 @@ def parse_predict(data: Any, *, max_texts: int, max_chars: int) -> PredictReques
     long_text = data.get("long_text")
     if long_text is not None and long_text not in LONG_TEXT_MODES:
         raise InvalidInput(f"'long_text' must be one of {', '.join(LONG_TEXT_MODES)}")
-    unknown = set(data) - {"text", "texts", "id", "long_text"}
+    unknown = set(data) - {"text", "texts", "id", "long_text", "explain"}
     if unknown:
         raise InvalidInput(f"unknown field(s): {shown(sorted(unknown), 120)}")
+    explain = data.get("explain", False)
+    if not isinstance(explain, bool):
+        raise InvalidInput(f"'explain' must be true or false, got {kind(explain)}")
     if "text" in data and "texts" in data:
         raise InvalidInput("send either 'text' or 'texts', not both")
     if "text" in data:
         problem = check_text(data["text"], max_chars) or _check_id(data.get("id"))
         if problem:
             raise InvalidInput(problem if problem.startswith("id") else f"'text' {problem}")
-        return PredictRequest([Item(data["text"], data.get("id"))], True, long_text)
+        return PredictRequest([Item(data["text"], data.get("id"))], True, long_text, explain)
     if "texts" in data:
         if "id" in data:
             raise InvalidInput("'id' belongs inside each item of 'texts'")
@@ -283,5 +287,6 @@ def parse_predict(data: Any, *, max_texts: int, max_chars: int) -> PredictReques
                 "; ".join(f"texts[{e.index}]: {e.message}" for e in errors[:10])
                 + (f" (and {len(errors) - 10} more)" if len(errors) > 10 else "")
             )
-        return PredictRequest([p for p in parsed if isinstance(p, Item)], False, long_text)
+        items = [p for p in parsed if isinstance(p, Item)]
+        return PredictRequest(items, False, long_text, explain)
     raise InvalidInput("the body needs 'text' (a string) or 'texts' (an array of strings)")

@@ -189,6 +189,28 @@ def paths(settings: Settings, model_names: list[str]) -> dict[str, Any]:
             )
         },
         "/openapi.json": {"get": _op("This document", ok_json)},
+        "/explain": {
+            "post": _op(
+                "Classify one text and attribute the predicted label to its words",
+                {
+                    "200": _reply(
+                        ref("ExplainedPrediction"),
+                        "The prediction with its `explanation`: one attribution per word, "
+                        "with code point offsets into the text",
+                    ),
+                    **_errors(400, 401, 408, 413, 415, 422, 429, 500, 503),
+                },
+                description=(
+                    "Occlusion: the text and one copy per word with that word removed go to the "
+                    "batcher in one submit (words + 1 model inputs, at most EXPLAIN_MAX_WORDS + "
+                    "1). `POST /predict` with `explain: true` does the same for each text."
+                ),
+                requestBody=_body(
+                    ref("ExplainRequest"),
+                    single={"text": "The plot was thin but the acting was wonderful", "id": "e1"},
+                ),
+            )
+        },
         "/v2": {
             "get": _op("Open Inference Protocol: server metadata", {**ok_json, **_errors(401)})
         },
@@ -254,7 +276,16 @@ def paths(settings: Settings, model_names: list[str]) -> dict[str, Any]:
                 ),
             )
         },
+        **_playground(settings),
     }
+
+
+def _playground(settings: Settings) -> dict[str, Any]:
+    if not settings.playground:
+        return {}
+    page = {"type": "string", "contentMediaType": "text/html"}
+    summary = "The playground page: try /predict with explanations in a browser (PLAYGROUND)"
+    return {"/playground": {"get": _op(summary, {"200": _reply(page, "HTML", "text/html")})}}
 
 
 def document(settings: Settings, model_name: str | None = None) -> dict[str, Any]:
@@ -287,7 +318,7 @@ def document(settings: Settings, model_name: str | None = None) -> dict[str, Any
             "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
         }
         doc["security"] = [{"bearer": []}, {"apiKey": []}]
-        for path in OPEN_PATHS:
+        for path in OPEN_PATHS & doc_paths.keys():
             for operation in doc_paths[path].values():
                 operation["security"] = []
     return doc

@@ -6,7 +6,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from functions.sentiment import openapi
+from functions.sentiment import explain, openapi
 from functions.sentiment.core import (
     AppState,
     app_state,
@@ -25,11 +25,18 @@ async def predict(request: Request, state: AppState) -> Response:
     s = state.settings
     data = await read_json(request, s.max_body_bytes, s.body_timeout_s)
     parsed = parse_predict(data, max_texts=s.max_texts, max_chars=s.max_text_chars)
-    predictions = await classify(state, [i.text for i in parsed.items], long_text=parsed.long_text)
-    results = [
-        prediction_json(p, item.id, state)
-        for p, item in zip(predictions, parsed.items, strict=True)
-    ]
+    texts = [i.text for i in parsed.items]
+    if parsed.explain:
+        predictions, explained = await explain.predict_explained(
+            state, texts, long_text=parsed.long_text
+        )
+        results = explain.explained_json(parsed, predictions, explained, state)
+    else:
+        predictions = await classify(state, texts, long_text=parsed.long_text)
+        results = [
+            prediction_json(p, item.id, state)
+            for p, item in zip(predictions, parsed.items, strict=True)
+        ]
     if parsed.single:
         return JSONResponse(results[0])
     return JSONResponse({"results": results})

@@ -52,6 +52,10 @@ def schemas(settings: Settings, model_names: list[str]) -> dict[str, Any]:
     texts = {"type": "array", "minItems": 1, "maxItems": settings.max_texts}
     attr = {"type": "string", "maxLength": MAX_ATTRIBUTE_CHARS, "pattern": CLEAN}
     n_max = settings.max_texts
+    explain_flag = {
+        "type": "boolean",
+        "description": "Add each text's word attributions (`explanation`): words + 1 model inputs",
+    }
     return {
         "Error": {
             "type": "object",
@@ -87,7 +91,12 @@ def schemas(settings: Settings, model_names: list[str]) -> dict[str, Any]:
         "SingleRequest": {
             "type": "object",
             "required": ["text"],
-            "properties": {"text": ref("Text"), "id": ref("Id"), "long_text": long_text},
+            "properties": {
+                "text": ref("Text"),
+                "id": ref("Id"),
+                "long_text": long_text,
+                "explain": explain_flag,
+            },
             "additionalProperties": False,
         },
         "BatchRequest": {
@@ -96,9 +105,11 @@ def schemas(settings: Settings, model_names: list[str]) -> dict[str, Any]:
             "properties": {
                 "texts": {**texts, "items": {"oneOf": [ref("Text"), ref("Item")]}},
                 "long_text": long_text,
+                "explain": explain_flag,
             },
             "additionalProperties": False,
         },
+        **explain_schemas(),
         "PredictRequest": {"oneOf": [ref("SingleRequest"), ref("BatchRequest")]},
         "Prediction": {
             "type": "object",
@@ -114,6 +125,7 @@ def schemas(settings: Settings, model_names: list[str]) -> dict[str, Any]:
                 "truncated": {"type": "boolean"},
                 "model": {"type": "string"},
                 "variant": {"type": "string"},
+                "explanation": ref("Explanation"),
             },
             "additionalProperties": False,
         },
@@ -194,6 +206,52 @@ def schemas(settings: Settings, model_names: list[str]) -> dict[str, Any]:
             "properties": {"type": {"const": RESPONSE_TYPE}, "data": ref("EventResults")},
         },
         **_v2_schemas(n_max, model_names, text_ref=ref("Text")),
+    }
+
+
+def explain_schemas() -> dict[str, Any]:
+    """`POST /explain`'s body and answer, and the `explanation` of a prediction."""
+    word = {
+        "type": "object",
+        "required": ["text", "start", "end", "attribution"],
+        "properties": {
+            "text": {"type": "string", "minLength": 1},
+            "start": {"type": "integer", "minimum": 0},
+            "end": {"type": "integer", "minimum": 1},
+            "attribution": {"type": "number", "minimum": -1, "maximum": 1},
+        },
+        "additionalProperties": False,
+        "description": "[start, end): Unicode code point offsets into the original text",
+    }
+    return {
+        "ExplainRequest": {
+            "type": "object",
+            "required": ["text"],
+            "properties": {
+                "text": ref("Text"),
+                "id": ref("Id"),
+                "long_text": {"enum": [*LONG_TEXT_MODES, None]},
+            },
+            "additionalProperties": False,
+        },
+        "Explanation": {
+            "type": "object",
+            "required": ["label", "method", "mask", "words", "words_total", "model_inputs"],
+            "properties": {
+                "label": {"type": "string"},
+                "method": {"const": "occlusion"},
+                "mask": {"type": "string"},
+                "words": {"type": "array", "items": word},
+                "words_total": {"type": "integer", "minimum": 1},
+                "model_inputs": {"type": "integer", "minimum": 2},
+            },
+            "additionalProperties": False,
+            "description": (
+                "attribution = P(label | text) - P(label | text without the word), for the first "
+                "EXPLAIN_MAX_WORDS of the text's `words_total` words"
+            ),
+        },
+        "ExplainedPrediction": {"allOf": [ref("Prediction"), {"required": ["explanation"]}]},
     }
 
 
