@@ -90,6 +90,10 @@ eval: $(STAMP) ## Held-out accuracy, macro-F1, Pearson and latency for fp32, int
 	$(PYTHON) -m training.evaluate $(MODELS)/minilm-sentiment-fp32 $(MODELS)/minilm-sentiment-int8 \
 	  $(if $(WRITE),--write,)
 
+lodo: $(STAMP) ## Leave-one-domain-out: the recipe trained without each domain, int8 -> docs/lodo.json (~15 min)
+	$(PYTHON) -m training.lodo --out docs/lodo.json
+	$(PYTHON) -m scripts.readme_model --write
+
 latency: $(STAMP) ## int8 vs fp32 latency at batch 1, 64 tokens
 	$(PYTHON) -m training.evaluate --latency-only
 

@@ -200,6 +200,25 @@ def _print_gate(results: dict[str, dict[str, Any]]) -> None:
         print(quantgate.describe(record))
 
 
+def _print_lodo(path: Path) -> None:
+    from training import lodo
+
+    if not path.exists():
+        print(f"\nLeave-one-domain-out: {path} is missing; `make lodo` writes it")
+        return
+    result = json.loads(path.read_text())
+    p = result["protocol"]
+    print(
+        f"\nLeave-one-domain-out ({path}, written by `make lodo`: the recipe trained without each "
+        f"domain, {p['epochs']:g} epoch on {p['examples_per_run']:,} rows, int8 as served):"
+    )
+    print(lodo.table(result))
+    s = result["summary"]
+    gap = 100 * (s["lodo_int8_accuracy"] - s["vader_accuracy"])
+    print(f"LODO mean accuracy {s['lodo_int8_accuracy']:.3f} vs VADER {s['vader_accuracy']:.3f}: "
+          f"{gap:+.1f} points")  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Evaluate model variants on the held-out sets.")
     parser.add_argument(
@@ -210,6 +229,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-vader", action="store_true")
     parser.add_argument("--latency-only", action="store_true")
     parser.add_argument("--write", action="store_true", help="store figures in manifests and cards")
+    parser.add_argument(
+        "--lodo", type=Path, default=Path("docs/lodo.json"),
+        help="leave-one-domain-out results to print (written by `make lodo`)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
 
     results: dict[str, dict[str, Any]] = {}
@@ -235,6 +258,8 @@ def main(argv: list[str] | None = None) -> None:
         for name, r in results.items():
             print(_row(name, r))
     _print_gate(results)
+    if not args.latency_only:
+        _print_lodo(args.lodo)
     if fp32 and int8:
         print(f"\nint8/fp32 latency ratio at batch 1, 64 tokens: {int8 / fp32:.2f} "
               f"({int8:.2f} ms vs {fp32:.2f} ms)")  # fmt: skip

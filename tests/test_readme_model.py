@@ -1,0 +1,71 @@
+"""The README's model-quality block is exactly what the manifests and docs/lodo.json say.
+
+scripts/readme_model.py generates it; a hand-edited figure, or a model re-evaluated without
+regenerating the README, fails here.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from scripts.readme_model import DOCS, MODELS, ROOT, current, section
+
+
+def test_readme_model_block_matches_the_sources() -> None:
+    block = current((ROOT / "README.md").read_text())
+    assert block is not None, "README.md lost its generated model-quality block"
+    assert block == section(), "stale: run `python -m scripts.readme_model --write`"
+
+
+def _copy_models(tmp: Path) -> Path:
+    models = tmp / "models"
+    for name in ("minilm-sentiment-fp32", "minilm-sentiment-int8"):
+        (models / name).mkdir(parents=True)
+        shutil.copy(MODELS / name / "manifest.json", models / name / "manifest.json")
+    (models / "minilm-sentiment-checkpoint").mkdir()
+    shutil.copy(
+        MODELS / "minilm-sentiment-checkpoint" / "training.json",
+        models / "minilm-sentiment-checkpoint" / "training.json",
+    )
+    return models
+
+
+def test_block_follows_the_manifest_and_states_targets(tmp_path: Path) -> None:
+    models = _copy_models(tmp_path)
+    path = models / "minilm-sentiment-int8" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["evaluation"]["hutto_3class"]["accuracy"] = 0.7123
+    path.write_text(json.dumps(manifest))
+    block = section(models, DOCS)
+    assert "| 0.712 |" in block
+    assert "Hutto 3-class 0.712 (target 0.78: **missed**)" in block
+    manifest["evaluation"]["hutto_3class"]["accuracy"] = 0.791
+    path.write_text(json.dumps(manifest))
+    assert "Hutto 3-class 0.791 (target 0.78: met)" in section(models, DOCS)
+
+
+def test_lodo_table_comes_from_lodo_json(tmp_path: Path) -> None:
+    models = _copy_models(tmp_path)
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    assert "run `make lodo`" in section(models, docs)
+    row = {"n": 100, "accuracy": 0.5, "macro_f1": 0.4}
+    domain = {
+        "left_out": ["x"], "binary": False, "seconds": 1.0,
+        "lodo_int8": {**row, "accuracy": 0.777}, "vader": row, "served_default_int8": row,
+    }  # fmt: skip
+    result = {
+        "protocol": {"epochs": 1.0, "examples_per_run": 8000},
+        "domains": {"tweets": domain},
+        "summary": {
+            "lodo_int8_accuracy": 0.777, "lodo_int8_macro_f1": 0.4, "vader_accuracy": 0.5,
+            "vader_macro_f1": 0.4, "served_default_int8_accuracy": 0.5,
+            "served_default_int8_macro_f1": 0.4,
+        },
+    }  # fmt: skip
+    (docs / "lodo.json").write_text(json.dumps(result))
+    block = section(models, docs)
+    assert "| tweets | 100 | 3-class | 0.777 |" in block
+    assert "+27.7 points (target +4: met)" in block
