@@ -76,6 +76,14 @@ def _float(minimum: float, *, above: bool = False) -> Callable[[str], float]:
     return parse
 
 
+def _unit(raw: str) -> float:
+    """A fraction between 0 and 1."""
+    value = float(raw.strip())
+    if not 0.0 <= value <= 1.0:  # NaN fails too
+        raise ValueError("must be between 0 and 1")
+    return value
+
+
 def _choice(*choices: str) -> Callable[[str], str]:
     def parse(raw: str) -> str:
         value = raw.strip().lower()
@@ -96,6 +104,14 @@ def _str(raw: str) -> str:
 
 def _optional_str(raw: str) -> str | None:
     return raw.strip() or None
+
+
+def _optional_url(raw: str) -> str | None:
+    value = raw.strip()
+    scheme, sep, rest = value.partition("://")
+    if value and not (sep and scheme.lower() in {"http", "https"} and rest.split("/")[0]):
+        raise ValueError("must be an http:// or https:// URL with a host")
+    return value or None
 
 
 def _secret(raw: str) -> Secret | None:
@@ -289,6 +305,25 @@ class Settings:
         _int(1),
         "Result events waiting for K_SINK; beyond it CloudEvents get 503 + Retry-After.",
     )
+    payload_log_sample: float = setting(
+        "PAYLOAD_LOG_SAMPLE",
+        "0",
+        _unit,
+        "Fraction (0-1) of inference requests whose texts and predictions are sent as "
+        "CloudEvents to PAYLOAD_LOG_SINK; 0 = off.",
+    )
+    payload_log_sink: str | None = setting(
+        "PAYLOAD_LOG_SINK", "", _optional_url, "URL that receives the sampled payload events."
+    )
+    payload_log_hash_texts: bool = setting(
+        "PAYLOAD_LOG_HASH_TEXTS", "false", _bool, "Send each text's sha256 (hex) instead of it."
+    )
+    payload_log_max_pending: int = setting(
+        "PAYLOAD_LOG_MAX_PENDING",
+        "256",
+        _int(1),
+        "Payload events waiting for their sink; beyond it new ones are dropped (counted).",
+    )
     ce_source: str = setting(
         "CE_SOURCE", "", _str, "`source` of emitted CloudEvents; empty = /kubesentiment/VARIANT."
     )
@@ -333,6 +368,8 @@ class Settings:
             raise ConfigError("a setting references Vault (vault:...) but VAULT_ADDR is empty")
         if self.batch_max_size > self.max_queued_texts:
             raise ConfigError("BATCH_MAX_SIZE must not exceed MAX_QUEUED_TEXTS")
+        if self.payload_log_sample > 0 and not self.payload_log_sink:
+            raise ConfigError("PAYLOAD_LOG_SINK is required when PAYLOAD_LOG_SAMPLE > 0")
 
     def secrets(self) -> dict[str, Secret]:
         """The secret settings that are set, by field name."""

@@ -22,6 +22,12 @@ STAGE_BUCKETS = (
 )  # fmt: skip
 SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 TOKEN_BUCKETS = (4, 8, 16, 32, 64, 128, 256, 512)
+# P(positive) - P(negative): finer near the ends, where a confident model puts most texts.
+SCORE_BUCKETS = (
+    -0.95, -0.9, -0.8, -0.6, -0.4, -0.2, 0.0, 0.2, 0.4, 0.6, 0.8, 0.9, 0.95, 1.0,
+)  # fmt: skip
+# Probability of the predicted label: at least 1/len(labels), so finer above 0.5.
+CONFIDENCE_BUCKETS = (0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 
 
 @dataclass(frozen=True)
@@ -41,6 +47,9 @@ class Metrics:
     tokens_per_text: Histogram
     predictions: Counter
     truncated: Counter
+    prediction_score: Histogram
+    prediction_score_offset: Counter
+    prediction_confidence: Histogram
     cold_start: Gauge
     model_load: Gauge
     model_ready: Gauge
@@ -49,6 +58,8 @@ class Metrics:
     auth_failures: Counter
     events_sent: Counter
     sink_pending: Gauge
+    payload_log_events: Counter
+    payload_log_pending: Gauge
 
     @classmethod
     def create(cls, registry: CollectorRegistry = REGISTRY) -> Metrics:
@@ -118,8 +129,8 @@ class Metrics:
             ),
             tokens_per_text=Histogram(
                 f"{p}_tokens_per_text",
-                "Tokens per text after truncation, special tokens included.",
-                ["variant"],
+                "Tokens per text after truncation, special tokens included, by predicted label.",
+                ["label", "variant"],
                 buckets=TOKEN_BUCKETS,
                 registry=registry,
             ),
@@ -133,6 +144,29 @@ class Metrics:
                 f"{p}_truncated_texts_total",
                 "Texts longer than the model's max tokens that were truncated.",
                 ["variant"],
+                registry=registry,
+            ),
+            prediction_score=Histogram(
+                f"{p}_prediction_score",
+                "Score of each prediction (P(positive) - P(negative), or the model's score "
+                "weights), by predicted label; models without a score observe nothing.",
+                ["label", "variant"],
+                buckets=SCORE_BUCKETS,
+                registry=registry,
+            ),
+            prediction_score_offset=Counter(
+                f"{p}_prediction_score_offset",
+                "Sum of (score + 1) over scored predictions, by label: the score histogram has "
+                "negative buckets, so it exposes no _sum; the mean score is rate(this) / "
+                "rate(kubesentiment_prediction_score_count) - 1.",
+                ["label", "variant"],
+                registry=registry,
+            ),
+            prediction_confidence=Histogram(
+                f"{p}_prediction_confidence",
+                "Probability of the predicted label (top-class confidence), by label.",
+                ["label", "variant"],
+                buckets=CONFIDENCE_BUCKETS,
                 registry=registry,
             ),
             cold_start=Gauge(
@@ -182,6 +216,21 @@ class Metrics:
                 f"{p}_sink_pending",
                 "Result CloudEvents being computed or delivered to K_SINK (at most "
                 "SINK_MAX_PENDING; beyond it CloudEvent requests get 503).",
+                ["variant"],
+                registry=registry,
+            ),
+            payload_log_events=Counter(
+                f"{p}_payload_log_events_total",
+                "Sampled request/response CloudEvents for PAYLOAD_LOG_SINK, by outcome (success; "
+                "failure: given up after retries or cancelled at shutdown; dropped: the queue "
+                "was full).",
+                ["outcome", "variant"],
+                registry=registry,
+            ),
+            payload_log_pending=Gauge(
+                f"{p}_payload_log_pending",
+                "Sampled payload events waiting for PAYLOAD_LOG_SINK (at most "
+                "PAYLOAD_LOG_MAX_PENDING; beyond it they are dropped and counted).",
                 ["variant"],
                 registry=registry,
             ),

@@ -18,7 +18,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from functions.sentiment import cloudevents, explain, kserve, playground, rest
+from functions.sentiment import cloudevents, explain, kserve, payload_log, playground, rest
 from functions.sentiment.context import RequestContext
 from functions.sentiment.core import AppState, app_state, error_response, unexpected_response
 from functions.sentiment.lifecycle import StartHook, load_model, remaining, shutdown, startup
@@ -99,6 +99,8 @@ def create_app(
         exception_handlers={ApiError: on_api_error, HTTPException: on_http_exception},
     )
     app.state.kubesentiment = state
+    # Sampled payload logging (PAYLOAD_LOG_SAMPLE, off by default): innermost of our middleware.
+    payload_log.install(app, state, start_hooks)
     if settings.vault_addr or settings.api_keys is not None:
         from shared import secrets  # only functions with Vault or API keys load this
 

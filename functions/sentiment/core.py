@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Scope
 
+from functions.sentiment import monitoring
 from functions.sentiment.batching import Batcher, Outcome
 from functions.sentiment.context import route_template, timings
 from shared.config import Settings
@@ -155,11 +156,9 @@ async def classify(
         t["tokenize"] = t.get("tokenize", 0.0) + tokenize_s
         t["queue"] = t.get("queue", 0.0) + outcome.queue_seconds
         t["inference"] = t.get("inference", 0.0) + outcome.inference_seconds
-    for p in predictions[:observe]:
-        m.tokens_per_text.labels(variant).observe(p.tokens)
-        m.predictions.labels(p.label, variant).inc()
-        if p.truncated:
-            m.truncated.labels(variant).inc()
+    # Counts, score/confidence/token histograms by label; texts kept for a payload-logged request.
+    labels = classifier.labels
+    monitoring.observe(state.extras, m, variant, labels, texts[:observe], predictions[:observe])
     return predictions
 
 

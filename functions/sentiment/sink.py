@@ -13,6 +13,10 @@ Memory is bounded: at most SINK_MAX_PENDING events are accepted and not yet deli
 computed; when none is left it is refused with 503 and Retry-After (`SinkFull`, counted in
 `kubesentiment_rejected_requests_total{reason="sink_full"}`), so the Broker redelivers it later and
 no result is ever dropped without a count.
+
+The same sender, with its own counter and gauge, carries the sampled payload log
+(`payload_log`): there nothing may block or fail a request, so an event that finds no place is
+dropped (`offer` returns False) and counted by the caller instead of refusing the request.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from typing import TYPE_CHECKING
 
 from cloudevents.core.base import BaseCloudEvent
 from cloudevents.core.bindings import http as ce_http
+from prometheus_client import Counter, Gauge
 
 from shared.errors import SinkFull
 from shared.metrics import Metrics
@@ -69,14 +74,20 @@ class EventSink:
         timeout_s: float = 10.0,
         transport: httpx.AsyncBaseTransport | None = None,
         sleep: Sleep = asyncio.sleep,
+        sent: Counter | None = None,
+        pending: Gauge | None = None,
+        name: str = "K_SINK",
     ) -> None:
+        """`sent` and `pending` default to the K_SINK metrics (events_sent, sink_pending);
+        `name` is the setting that names the sink, for the log."""
         self.url = url
+        self.name = name
         self.max_pending = max_pending
         self.retry_after_s = retry_after_s
         self.attempts = attempts
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
-        self._sent = metrics.events_sent
+        self._sent = sent if sent is not None else metrics.events_sent
         self._variant = variant
         self._sleep = sleep
         import httpx
@@ -85,7 +96,7 @@ class EventSink:
         self._http_error = httpx.HTTPError
         self._tasks: set[asyncio.Task[bool]] = set()
         self._reserved = 0
-        self._gauge = metrics.sink_pending.labels(variant)
+        self._gauge = (pending if pending is not None else metrics.sink_pending).labels(variant)
         self._gauge.set(0)
 
     @property
@@ -102,7 +113,7 @@ class EventSink:
         """
         if self.pending >= self.max_pending:
             raise SinkFull(
-                f"{self.pending} result events are waiting for K_SINK (SINK_MAX_PENDING); "
+                f"{self.pending} result events are waiting for {self.name} (SINK_MAX_PENDING); "
                 "retry later",
                 headers={"Retry-After": str(self.retry_after_s)},
             )
@@ -129,6 +140,14 @@ class EventSink:
         """Deliver `event` in the background (binary content mode), within the bound."""
         with self.reserve() as send:
             send(event)
+
+    def offer(self, event: BaseCloudEvent) -> bool:
+        """Deliver `event` in the background if a place is free; False (nothing sent) when
+        `max_pending` events are already waiting: the caller counts the drop."""
+        if self.pending >= self.max_pending:
+            return False
+        self._start(event)
+        return True
 
     def _start(self, event: BaseCloudEvent) -> None:
         task = asyncio.create_task(self.deliver(event), name="sink-send")
@@ -162,10 +181,12 @@ class EventSink:
                 retry_after = response.headers.get("retry-after")
             if attempt < self.attempts:
                 delay = backoff_delay(attempt, self.backoff_s, self.max_backoff_s, retry_after)
-                log.info("sink delivery failed (%s), retry %d in %.2fs", reason, attempt, delay)
+                log.info(
+                    "%s delivery failed (%s), retry %d in %.2fs", self.name, reason, attempt, delay
+                )
                 await self._sleep(delay)
         if not ok:
-            log.warning("gave up sending event %s to the sink: %s", event.get_id(), reason)
+            log.warning("gave up sending event %s to %s: %s", event.get_id(), self.name, reason)
         self._sent.labels("success" if ok else "failure", self._variant).inc()
         return ok
 
@@ -176,7 +197,7 @@ class EventSink:
             for task in late:
                 task.cancel()
             if late:
-                log.warning("%d sink deliveries cancelled at shutdown", len(late))
+                log.warning("%d %s deliveries cancelled at shutdown", len(late), self.name)
                 self._sent.labels("failure", self._variant).inc(len(late))
                 await asyncio.gather(*late, return_exceptions=True)
         await self._client.aclose()
