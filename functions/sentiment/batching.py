@@ -46,6 +46,8 @@ from functions.sentiment.lanes import NORMAL, Lanes, expired, settle
 from functions.sentiment.lanes import RUN_OVERHEAD_TOKENS as RUN_OVERHEAD_TOKENS
 from functions.sentiment.lanes import Item as _Item
 from functions.sentiment.lanes import group_by_length as group_by_length
+
+__all__ = ["RUN_OVERHEAD_TOKENS", "Batcher", "Outcome", "RunStats", "_Item", "group_by_length"]
 from shared.errors import DeadlineExceeded, NotReady, Overloaded
 
 log = logging.getLogger("kubesentiment.batching")
@@ -113,7 +115,7 @@ class Batcher:
         self.retry_after = {"Retry-After": str(retry_after_s)}
         self._on_run = on_run
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnx")
-        self._queue = Lanes(enabled=priorities, max_wait_s=priority_max_wait_s)
+        self.lanes = Lanes(enabled=priorities, max_wait_s=priority_max_wait_s)
         self._on_expired = on_expired  # (texts, priority) never run: their deadline passed
         self._worker: asyncio.Task[None] | None = None
         self.queued = 0  # texts accepted and not yet answered
@@ -178,7 +180,7 @@ class Batcher:
                 len(windows) == 1
                 and self._idle_worker
                 and self._free.is_set()
-                and self._queue.empty()
+                and self.lanes.empty()
                 and not self.expected
             ):
                 # Fast path: one text, an idle worker and nobody to batch with. Run it at once
@@ -197,10 +199,10 @@ class Batcher:
                     for w in windows
                 ]
                 for item in items:
-                    self._queue.put(item)
+                    self.lanes.put(item)
                 futures = (i.future for i in items)
                 results = list(await asyncio.gather(*futures, return_exceptions=True))
-            results = settle(results)
+            results = settle(results, lambda r: r[0])  # partial: probabilities only
             stats = [s for _, s in results]
             return Outcome(
                 probabilities=[p for p, _ in results],
@@ -272,8 +274,8 @@ class Batcher:
     def _pop_live(self) -> _Item | None:
         # The next queued item whose deadline has not passed; expired ones fail on the way.
         now = time.monotonic()
-        while not self._queue.empty():
-            item = self._queue.pop()
+        while not self.lanes.empty():
+            item = self.lanes.pop()
             if not expired(item, now):
                 return item
             self._drop([item])
@@ -290,7 +292,7 @@ class Batcher:
         while not items:
             self._idle_worker = True
             try:
-                await self._queue.wait()
+                await self.lanes.wait()
             finally:
                 self._idle_worker = False
             await self._free.wait()  # a fast-path run may hold the inference thread
@@ -305,11 +307,11 @@ class Batcher:
         # otherwise wait a whole run. Nothing expected (a lone request): run at once.
         if self.expected > 0 and size < self.max_size and self.max_wait_s > 0:
             deadline = time.perf_counter() + self.max_wait_s
-            while size < self.max_size and (self.expected > 0 or not self._queue.empty()):
+            while size < self.max_size and (self.expected > 0 or not self.lanes.empty()):
                 remaining = deadline - time.perf_counter()
                 if remaining <= 0:
                     break
-                if not await self._queue.wait(remaining):
+                if not await self.lanes.wait(remaining):
                     break
                 if (item := self._pop_live()) is not None:
                     items.append(item)
@@ -366,7 +368,7 @@ class Batcher:
             self._worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._worker
-        pending = [*self._taken, *self._queue.clear()]
+        pending = [*self._taken, *self.lanes.clear()]
         _fail(pending, NotReady("the function stopped before this text was run"))
         self._executor.shutdown(wait=True)
 

@@ -38,7 +38,7 @@ class Item:
     enqueued: float = field(default_factory=time.perf_counter)  # for the queue-wait metric
     priority: int = NORMAL
     deadline: float | None = None  # time.monotonic() instant, None = none
-    since: float = field(default_factory=time.monotonic)  # lane age, on the lanes' clock
+    since: float = 0.0  # when it was queued, on the lanes' clock (set by Lanes.put)
 
     @property
     def width(self) -> int:
@@ -74,6 +74,7 @@ class Lanes:
     def put(self, item: Item) -> None:
         """Queue an item at the tail of its priority's lane (one lane with priorities off)."""
         lane = min(max(item.priority, HIGH), LOW) if self.enabled else NORMAL
+        item.since = self.clock()
         self._lanes[lane].append(item)
         self._count += 1
         if self._arrived is not None:
@@ -161,12 +162,12 @@ def group_by_length(
     return groups
 
 
-def settle(results: Sequence[Any]) -> list[Any]:
+def settle(results: Sequence[Any], part: Callable[[Any], Any] = lambda r: r) -> list[Any]:
     """Per-text results (values or exceptions) as a list of values, or raise.
 
     Any exception other than an expired deadline is raised as it is. When every text expired,
-    DeadlineExceeded is raised; when only some did, it carries `partial`: the other texts'
-    results in order, None in the expired texts' places.
+    DeadlineExceeded is raised; when only some did, it carries `partial`: `part` of the other
+    texts' results in order, None in the expired texts' places.
     """
     if not results:
         return []
@@ -178,6 +179,6 @@ def settle(results: Sequence[Any]) -> list[Any]:
     if all(late):
         raise DeadlineExceeded(message)
     if any(late):
-        partial = [None if is_late else r for r, is_late in zip(results, late, strict=True)]
+        partial = [None if is_late else part(r) for r, is_late in zip(results, late, strict=True)]
         raise DeadlineExceeded(message, partial=partial)
     return list(results)
