@@ -37,7 +37,7 @@ $(STAMP): pyproject.toml $(LOCKS)
 	ln -sf ../checkov/bin/checkov $(BIN)/checkov
 	touch $@
 
-tools: ## Install the system tools tests use (promtool, prometheus, docker-compose) when missing
+tools: ## Install the system tools tests use (promtool, prometheus, docker-compose, chromium) when missing
 	@command -v promtool >/dev/null && command -v prometheus >/dev/null || { \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 	    --no-install-recommends prometheus prometheus-alertmanager >/dev/null; }
@@ -45,6 +45,10 @@ tools: ## Install the system tools tests use (promtool, prometheus, docker-compo
 	@command -v docker-compose >/dev/null || { \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 	    --no-install-recommends docker-compose >/dev/null; }
+	@# Headless Chromium drives the playground page (tests/test_playground.py, make playground-screenshot).
+	@command -v chromium >/dev/null || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    --no-install-recommends chromium >/dev/null; }
 
 setup: $(STAMP) tools ## Create .venv with serving, dev and training dependencies, and tools
 
@@ -151,6 +155,14 @@ bench-baseline: $(STAMP) ## int8/fp32 vs FastAPI + transformers baseline -> docs
 
 bench-batching: $(STAMP) ## Micro-batching on/off at concurrency 1, 8, 32, 3 server sets with an A/A control (~4 min)
 	$(PYTHON) -m benchmarks.batching --control
+
+.PHONY: bench-explain playground-screenshot
+bench-explain: $(STAMP) ## Explanation cost (20 and 100 words vs /predict) and faithfulness -> docs/explain.json, README (~3 min)
+	$(PYTHON) -m benchmarks.explain --runs 30 --out docs/explain.json
+	$(PYTHON) -m benchmarks.explain --readme
+
+playground-screenshot: $(STAMP) tools ## The playground in headless Chromium -> docs/playground.png (README)
+	$(PYTHON) -m scripts.playground --out docs/playground.png
 
 # Each peer gets its own venv under build/peers/venvs from benchmarks/peers/requirements-*.txt
 # (created on first use, several minutes; not part of the measured run).

@@ -246,7 +246,7 @@ class Settings:
     )
     explain_max_words: int = setting(
         "EXPLAIN_MAX_WORDS",
-        "128",
+        "64",
         _int(1, 4096),
         "Words an explanation scores (one model input each); later words get no attribution.",
     )

@@ -19,6 +19,7 @@ PAGE = """<!doctype html>
 <style>
 :root { --fg: #1d2430; --muted: #5b6678; --line: #d9dee7; --accent: #2f5fd0; }
 * { box-sizing: border-box; }
+[hidden] { display: none !important; }
 body { margin: 0; font: 15px/1.5 system-ui, -apple-system, "Segoe UI", sans-serif;
   color: var(--fg); background: #f5f7fa; }
 main { max-width: 920px; margin: 0 auto; padding: 24px 20px 40px; }
