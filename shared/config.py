@@ -10,127 +10,28 @@ Vault client resolves at start.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-
-class ConfigError(ValueError):
-    """A setting has a value that cannot be used."""
-
-
-@dataclass(frozen=True)
-class Secret:
-    """A secret string whose repr and str never show the value."""
-
-    value: str = field(repr=False)
-
-    def __repr__(self) -> str:
-        return "Secret('**********')"
-
-    __str__ = __repr__
-
-    def get(self) -> str:
-        """The secret value, for the one place that needs it."""
-        return self.value
-
-    @property
-    def is_vault_ref(self) -> bool:
-        """True when the value names a Vault secret instead of holding one."""
-        return self.value.startswith("vault:")
-
-
-def _bool(raw: str) -> bool:
-    low = raw.strip().lower()
-    if low in {"1", "true", "yes", "on"}:
-        return True
-    if low in {"0", "false", "no", "off"}:
-        return False
-    raise ValueError("expected true/false")
-
-
-def _int(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
-    def parse(raw: str) -> int:
-        value = int(raw.strip())
-        if value < minimum or (maximum is not None and value > maximum):
-            bound = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
-            raise ValueError(f"must be {bound}")
-        return value
-
-    return parse
-
-
-def _float(minimum: float, *, above: bool = False) -> Callable[[str], float]:
-    """A finite number >= `minimum` (> `minimum` with `above`); NaN and inf are refused."""
-
-    def parse(raw: str) -> float:
-        value = float(raw.strip())
-        ok = math.isfinite(value) and (value > minimum if above else value >= minimum)
-        if not ok:
-            raise ValueError(f"must be a finite number {'>' if above else '>='} {minimum}")
-        return value
-
-    return parse
-
-
-def _unit(raw: str) -> float:
-    """A fraction between 0 and 1."""
-    value = float(raw.strip())
-    if not 0.0 <= value <= 1.0:  # NaN fails too
-        raise ValueError("must be between 0 and 1")
-    return value
-
-
-def _choice(*choices: str) -> Callable[[str], str]:
-    def parse(raw: str) -> str:
-        value = raw.strip().lower()
-        if value not in choices:
-            raise ValueError(f"must be one of {', '.join(choices)}")
-        return value
-
-    return parse
-
-
-def _csv(raw: str) -> tuple[str, ...]:
-    return tuple(part.strip() for part in raw.split(",") if part.strip())
-
-
-def _str(raw: str) -> str:
-    return raw.strip()
-
-
-def _optional_str(raw: str) -> str | None:
-    return raw.strip() or None
-
-
-def _optional_url(raw: str) -> str | None:
-    value = raw.strip()
-    scheme, sep, rest = value.partition("://")
-    if value and not (sep and scheme.lower() in {"http", "https"} and rest.split("/")[0]):
-        raise ValueError("must be an http:// or https:// URL with a host")
-    return value or None
-
-
-def _secret(raw: str) -> Secret | None:
-    return Secret(raw.strip()) if raw.strip() else None
-
-
-def _path(raw: str) -> Path:
-    return Path(raw.strip())
-
-
-@dataclass(frozen=True)
-class Var:
-    """How one setting is read: its environment variable, default text, parser and meaning."""
-
-    env: str
-    default: str
-    parse: Callable[[str], Any]
-    doc: str
-    secret: bool = False
+from shared.settings_base import ConfigError as ConfigError
+from shared.settings_base import Secret as Secret
+from shared.settings_base import (
+    Var,
+    _bool,
+    _choice,
+    _csv,
+    _float,
+    _int,
+    _optional_str,
+    _optional_url,
+    _path,
+    _secret,
+    _str,
+    _unit,
+)
 
 
 def setting(
@@ -209,6 +110,22 @@ class Settings:
         _float(0.0),
         "Longest a text waits for company while a run is already busy; a lone text never waits.",
     )
+    priorities: bool = setting(
+        "PRIORITIES", "on", _bool, "Serve queued texts by priority lane (high, normal, low)."
+    )
+    priority_max_wait_ms: float = setting(
+        "PRIORITY_MAX_WAIT_MS",
+        "50",
+        _float(0.0),
+        "Longest a lower-priority text is overtaken: past it, it goes before newer texts.",
+    )
+    max_request_timeout_s: float = setting(
+        "MAX_REQUEST_TIMEOUT_SECONDS",
+        "25",
+        _float(0.0, above=True),
+        "Deadline of every request, and cap on a client's own; texts still queued at their "
+        "deadline are never run (504). Keep it below the Knative revision's timeoutSeconds.",
+    )
     max_concurrency: int = setting(
         "MAX_CONCURRENCY",
         "64",
@@ -217,6 +134,29 @@ class Settings:
     )
     max_queued_texts: int = setting(
         "MAX_QUEUED_TEXTS", "4096", _int(1), "Texts waiting for inference before 429."
+    )
+    dedup: bool = setting(
+        "DEDUP",
+        "on",
+        _bool,
+        "Compute identical texts (same options) once: duplicates in a batch, and texts already "
+        "being computed for another request in flight.",
+    )
+    cache_size: int = setting(
+        "CACHE_SIZE",
+        "0",
+        _int(0),
+        "Entries of the LRU response cache keyed on the model's sha256, options and text; 0 = off.",
+    )
+    cache_min_hit_rate: float = setting(
+        "CACHE_MIN_HIT_RATE",
+        "0.02",
+        _unit,
+        "The cache turns itself off (until restart) when its hit rate over the last "
+        "CACHE_GUARD_WINDOW lookups is below this; 0 = never.",
+    )
+    cache_guard_window: int = setting(
+        "CACHE_GUARD_WINDOW", "2000", _int(1), "Lookups the cache's hit-rate guard looks at."
     )
     retry_after_s: int = setting(
         "RETRY_AFTER_SECONDS", "1", _int(0), "Retry-After sent with 429/503."

@@ -42,6 +42,12 @@ class Metrics:
     errors: Counter
     tokenization_duration: Histogram
     queue_wait: Histogram
+    deadline_exceeded: Counter
+    deduplicated: Counter
+    cache_hits: Counter
+    cache_misses: Counter
+    cache_entries: Gauge
+    cache_enabled: Gauge
     inference_duration: Histogram
     batch_size: Histogram
     tokens_per_text: Histogram
@@ -111,6 +117,47 @@ class Metrics:
                 "Time a text waited in the batch queue before its ONNX run started.",
                 ["variant"],
                 buckets=STAGE_BUCKETS,
+                registry=registry,
+            ),
+            deduplicated=Counter(
+                f"{p}_deduplicated_texts_total",
+                "Texts answered by another text's computation (DEDUP): a duplicate in the same "
+                "batch (scope batch) or a text already being computed for another request "
+                "(scope in_flight).",
+                ["scope", "variant"],
+                registry=registry,
+            ),
+            cache_hits=Counter(
+                f"{p}_cache_hits_total",
+                "Response cache lookups answered from the cache (CACHE_SIZE).",
+                ["variant"],
+                registry=registry,
+            ),
+            cache_misses=Counter(
+                f"{p}_cache_misses_total",
+                "Response cache lookups not in the cache (CACHE_SIZE).",
+                ["variant"],
+                registry=registry,
+            ),
+            cache_entries=Gauge(
+                f"{p}_cache_entries",
+                "Predictions held by the response cache (at most CACHE_SIZE).",
+                ["variant"],
+                registry=registry,
+            ),
+            cache_enabled=Gauge(
+                f"{p}_cache_enabled",
+                "1 while the response cache is in use; 0 when CACHE_SIZE is 0 or its hit-rate "
+                "guard turned it off.",
+                ["variant"],
+                registry=registry,
+            ),
+            deadline_exceeded=Counter(
+                f"{p}_deadline_exceeded_total",
+                "Texts never run because their request's deadline (X-Request-Timeout, v2 "
+                "parameters.timeout, CloudEvents deadline, or MAX_REQUEST_TIMEOUT_SECONDS) "
+                "passed while they were queued, by priority lane.",
+                ["priority", "variant"],
                 registry=registry,
             ),
             inference_duration=Histogram(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 import httpx
@@ -112,6 +113,29 @@ def test_infer_matches_the_predict_route(
     predicted = httpx.post(f"{server.url}/predict", json={"texts": TEXTS}).json()["results"]
     expected = np.array([[p["probabilities"][lab] for lab in labels] for p in predicted])
     np.testing.assert_allclose(probs, expected, atol=1e-5)
+
+
+def _expired(server: LiveServer, priority: str) -> float:
+    pattern = rf'kubesentiment_deadline_exceeded_total{{priority="{priority}",[^}}]*}} (\S+)'
+    match = re.search(pattern, httpx.get(f"{server.url}/metrics").text)
+    return float(match.group(1)) if match else 0.0
+
+
+def test_tritonclient_priority_and_timeout_are_honoured(
+    client: triton.InferenceServerClient, server: LiveServer, model: dict[str, object]
+) -> None:
+    name = str(model["name"])
+    # A generous timeout (microseconds) and the highest priority: answered.
+    ok = client.infer(name, [text_input(TEXTS, binary=True)], priority=1, timeout=10_000_000)
+    assert ok.as_numpy("label") is not None
+    # A timeout already over when the texts reach the queue: 504, never computed, counted in the
+    # lane Triton's priority 3 maps to (low).
+    before = _expired(server, "low")
+    with pytest.raises(InferenceServerException) as e:
+        client.infer(name, [text_input(TEXTS, binary=False)], priority=3, timeout=1)
+    assert e.value.status() == "504"
+    assert "deadline" in (e.value.message() or "")
+    assert _expired(server, "low") == before + len(TEXTS)
 
 
 def test_requested_outputs_are_the_only_ones_returned(

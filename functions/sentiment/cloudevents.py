@@ -14,13 +14,17 @@ would match the reply against the same Trigger and loop it — whose `subject` i
 
 Status codes follow Knative's delivery rules: a malformed event or data is 400 and an unknown type
 is 400 (`unsupported_event_type`), both never retried; overload is 429 and not-ready/shutting down
-is 503, both with Retry-After, both retried by the Broker.
+is 503, both with Retry-After, both retried by the Broker. The `deadline` (RFC 3339) and
+`priority` (high|normal|low, low by default) extensions set a deadline and a lane (qos.py): an event
+none of whose texts ran by its deadline is 504 `deadline_exceeded`; texts that missed it in a
+partly answered event get a per-item `deadline_exceeded` error.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +51,7 @@ from functions.sentiment.inputs import (
     read_body,
     shown,
 )
+from functions.sentiment.qos import from_event, late_item
 from functions.sentiment.schemas import (
     MAX_ATTRIBUTE_CHARS,
     REQUEST_ID_EXTENSION,
@@ -55,7 +60,7 @@ from functions.sentiment.schemas import (
     STRUCTURED_JSON,
 )
 from functions.sentiment.sink import EventSink, Send
-from shared.errors import ApiError, InvalidEvent, UnsupportedEventType
+from shared.errors import ApiError, DeadlineExceeded, InvalidEvent, UnsupportedEventType
 from shared.tracing import extract_event_context
 
 if TYPE_CHECKING:  # the model module imports ONNX Runtime: the preload thread does that
@@ -194,8 +199,11 @@ def item_error_json(error: ItemError) -> dict[str, Any]:
     return out
 
 
-async def answer(state: AppState, event: BaseCloudEvent) -> CloudEvent:
-    """Classify a request event's items and build the reply event."""
+async def answer(
+    state: AppState, event: BaseCloudEvent, arrival: float | None = None
+) -> CloudEvent:
+    """Classify a request event's items and build the reply event (`arrival`: when the request
+    came, on time.monotonic(), for the server's deadline; now by default)."""
     if event.get_type() != REQUEST_TYPE:
         raise UnsupportedEventType(
             f"event type {event.get_type()!r} is not handled; send {REQUEST_TYPE!r}"
@@ -204,14 +212,31 @@ async def answer(state: AppState, event: BaseCloudEvent) -> CloudEvent:
     items, long_text = parse_data(
         event.get_data(), max_texts=s.max_texts, max_chars=s.max_text_chars
     )
+    # The deadline and priority extensions (low by default: bulk work yields to people).
+    qos = from_event(event.get_attributes(), s, InvalidEvent, arrival or time.monotonic())
     good = [i for i in items if isinstance(i, Item)]
     results: list[dict[str, Any]] = []
-    predictions: Iterator[Prediction] = iter(())
+    predictions: Iterator[Prediction | None] = iter(())
+    late: DeadlineExceeded | None = None
     if good:
-        predictions = iter(await classify(state, [i.text for i in good], long_text=long_text))
-    for entry in items:
+        texts = [i.text for i in good]
+        try:
+            found = await classify(
+                state, texts, long_text=long_text, deadline=qos.deadline, priority=qos.priority
+            )
+            predictions = iter(found)
+        except DeadlineExceeded as e:
+            if e.partial is None:
+                raise  # no text was run in time: 504 deadline_exceeded
+            late, predictions = e, iter(e.partial)
+    for index, entry in enumerate(items):
         if isinstance(entry, Item):
-            results.append(prediction_json(next(predictions), entry.id, state))
+            p = next(predictions)
+            if p is None:
+                assert late is not None
+                results.append(late_item(late, entry.id, index))
+            else:
+                results.append(prediction_json(p, entry.id, state))
         else:
             results.append(item_error_json(entry))
     attributes: dict[str, Any] = {
@@ -237,6 +262,7 @@ async def receive(request: Request, state: AppState) -> Response:
 
 
 async def _receive(request: Request, state: AppState, send: Send | None) -> Response:
+    arrival = time.monotonic()
     s = state.settings
     body = await read_body(request, s.max_body_bytes, s.body_timeout_s)
     event, structured = parse_event(request.headers, body)
@@ -252,7 +278,7 @@ async def _receive(request: Request, state: AppState, send: Send | None) -> Resp
             "cloudevents.event_type": event.get_type(),
         },
     ):
-        reply = await answer(state, event)
+        reply = await answer(state, event, arrival)
         # The reply continues the trace: its traceparent is this span's context.
         carrier: dict[str, str] = {}
         propagate.inject(carrier)

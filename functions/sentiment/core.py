@@ -9,6 +9,7 @@ way: adapters -> core -> model/batching/context; nothing here imports an adapter
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -25,13 +26,15 @@ from starlette.types import Scope
 from functions.sentiment import monitoring
 from functions.sentiment.batching import Batcher, Outcome
 from functions.sentiment.context import route_template, timings
+from functions.sentiment.lanes import NORMAL, settle
 from shared.config import Settings
-from shared.errors import ApiError, InternalError, NotReady, Overloaded
+from shared.errors import ApiError, DeadlineExceeded, InternalError, NotReady, Overloaded
 from shared.logs import request_id_var
 from shared.metrics import Metrics
 from shared.process import process_start_time
 
 if TYPE_CHECKING:  # the model module imports ONNX Runtime: the preload thread does that
+    from functions.sentiment.dedup import Dedup
     from functions.sentiment.model import Classifier, Prediction
 
 log = logging.getLogger("kubesentiment.app")
@@ -52,6 +55,8 @@ class AppState:
     started_at: float = PROCESS_START
     classifier: Classifier | None = None
     batcher: Batcher | None = None
+    # Shares identical texts' computations and holds the response cache (None: DEDUP and cache off).
+    dedup: Dedup[Prediction] | None = None
     ready: bool = False
     draining: bool = False
     not_ready_reason: str = "the model is loading"
@@ -121,18 +126,63 @@ def inference(adapter: Adapter) -> Callable[[Request], Awaitable[Response]]:
 
 
 async def classify(
-    state: AppState, texts: list[str], *, long_text: str | None = None, observe: int | None = None
+    state: AppState,
+    texts: list[str],
+    *,
+    long_text: str | None = None,
+    observe: int | None = None,
+    deadline: float | None = None,
+    priority: int = NORMAL,
 ) -> list[Prediction]:
     """Tokenize (long inputs off the event loop), run through the batcher, record metrics/spans.
 
     Prediction metrics count only the first `observe` texts (all by default): an explanation's
-    masked variants share the submit but are not predictions anyone asked for."""
+    masked variants share the submit but are not predictions anyone asked for.
+
+    `deadline` (a time.monotonic() instant; MAX_REQUEST_TIMEOUT_SECONDS from now when None) and
+    `priority` (a lanes lane) go to the batcher: texts not run by the deadline raise
+    DeadlineExceeded, whose `partial` holds the other texts' predictions when some were run."""
     # Only an endpoint's entry refuses work while draining: a request it already accepted (body
     # read, maybe queued) still completes after SIGTERM (Knative runtime contract).
     classifier, batcher = state.classifier, state.batcher
     if classifier is None or batcher is None:
         raise NotReady(f"not ready: {state.not_ready_reason}", headers=state.retry_after)
-    chunk = (long_text or state.settings.long_text) == "chunk"
+    option = long_text or state.settings.long_text
+    chunk = option == "chunk"
+    variant = state.settings.variant
+    m = state.metrics
+    if deadline is None:
+        deadline = time.monotonic() + state.settings.max_request_timeout_s
+    results: list[Any]  # a Prediction per text, or DeadlineExceeded for a text not run in time
+    if state.dedup is None:
+        results = await _compute(
+            state, classifier, batcher, texts, chunk=chunk, deadline=deadline, priority=priority
+        )
+    else:  # identical texts computed once, maybe cached (functions/sentiment/dedup.py)
+        compute = functools.partial(
+            _compute, state, classifier, batcher, chunk=chunk, deadline=deadline, priority=priority
+        )
+        results = await state.dedup.run(
+            option, texts, compute, deadline=deadline, rank=priority, expired=_late_text
+        )
+    predictions: list[Prediction] = settle(results)  # raises DeadlineExceeded (maybe partial)
+    # Counts, score/confidence/token histograms by label; texts kept for a payload-logged request.
+    labels = classifier.labels
+    monitoring.observe(state.extras, m, variant, labels, texts[:observe], predictions[:observe])
+    return predictions
+
+
+async def _compute(
+    state: AppState,
+    classifier: Classifier,
+    batcher: Batcher,
+    texts: list[str],
+    *,
+    chunk: bool,
+    deadline: float,
+    priority: int,
+) -> list[Any]:
+    """Tokenize (long inputs off the event loop) and run through the batcher: one submit."""
     variant = state.settings.variant
     m = state.metrics
     with tracer.start_as_current_span("tokenize") as span, batcher.expecting(len(texts)):
@@ -146,7 +196,17 @@ async def classify(
         tokenize_s = time.perf_counter() - t0
         span.set_attribute("kubesentiment.texts", len(texts))
     m.tokenization_duration.labels(variant).observe(tokenize_s)
-    outcome = await batcher.submit([e.windows for e in encoded])
+    windows = [e.windows for e in encoded]
+    try:
+        outcome = await batcher.submit(windows, deadline=deadline, priority=priority)
+    except DeadlineExceeded as e:
+        if e.partial is None:
+            raise
+        # Some texts were run in time: theirs are predictions, the others DeadlineExceeded.
+        return [
+            _late_text() if p is None else classifier.combine(enc, p)
+            for enc, p in zip(encoded, e.partial, strict=True)
+        ]
     _record_spans(outcome)
     predictions = [
         classifier.combine(e, p) for e, p in zip(encoded, outcome.probabilities, strict=True)
@@ -156,10 +216,11 @@ async def classify(
         t["tokenize"] = t.get("tokenize", 0.0) + tokenize_s
         t["queue"] = t.get("queue", 0.0) + outcome.queue_seconds
         t["inference"] = t.get("inference", 0.0) + outcome.inference_seconds
-    # Counts, score/confidence/token histograms by label; texts kept for a payload-logged request.
-    labels = classifier.labels
-    monitoring.observe(state.extras, m, variant, labels, texts[:observe], predictions[:observe])
     return predictions
+
+
+def _late_text() -> Any:
+    return DeadlineExceeded("the deadline passed before this text was run")
 
 
 def _record_spans(outcome: Outcome) -> None:

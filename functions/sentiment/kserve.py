@@ -8,19 +8,23 @@ name (the variant name is accepted too). The one input is a BYTES tensor of UTF-
 binary tensor extension (`Inference-Header-Content-Length`; each element a 4-byte little-endian
 length and its bytes). Outputs: `label` (BYTES `[N]`), `score` (FP32 `[N]`, P(positive) -
 P(negative), only for models with both labels) and `probabilities` (FP32 `[N, C]`, row-major, in
-the order of the model's labels); the request's `outputs` list picks a subset, and
-`parameters.long_text` chooses `truncate` or `chunk`. Outputs are always returned as JSON data.
+the order of the model's labels); the request's `outputs` list picks a subset,
+`parameters.long_text` chooses `truncate` or `chunk`, and Triton's `parameters.timeout`
+(microseconds) and `parameters.priority` (1 = high) set a deadline and a lane (functions/sentiment/
+qos.py). Outputs are always returned as JSON data.
 
 Errors use the protocol's own shape, `{"error": "<message>"}`, not the function's main error
 shape: v2 clients (tritonclient, KServe's) parse exactly that. The status codes stay the
 function's own: 400 for a bad request, 404 for an unknown model, 413 for a body over
-MAX_BODY_BYTES, and 429/503 with Retry-After for overload and not-ready, so Knative and clients
-retry them. Readiness that is false answers 503 (with `{"ready": false}`), like /health/readiness.
+MAX_BODY_BYTES, 429/503 with Retry-After for overload and not-ready, so Knative and clients
+retry them, and 504 when the deadline passed before the texts were run. Readiness that is false
+answers 503 (with `{"ready": false}`), like /health/readiness.
 """
 
 from __future__ import annotations
 
 import struct
+import time
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
@@ -36,6 +40,7 @@ from functions.sentiment.inputs import (
     read_body,
     shown,
 )
+from functions.sentiment.qos import from_v2
 from functions.sentiment.schemas import MAX_NAME_CHARS, OUTPUTS
 from shared.errors import ApiError, NotFound
 
@@ -258,17 +263,22 @@ def _request(body: bytes, header_length: str | None) -> tuple[dict[str, Any], by
 @inference
 async def infer(request: Request, state: AppState) -> Response:
     """POST /v2/models/{name}/infer: classify a BYTES tensor of texts."""
+    arrival = time.monotonic()  # parameters.timeout counts from here
     classifier = _model(state, request.path_params["name"])
     s = state.settings
     body = await read_body(request, s.max_body_bytes, s.body_timeout_s)
     header_length = request.headers.get(HEADER_LENGTH)
     payload, tail = _request(body, header_length)
+    qos = from_v2(payload.get("parameters", {}), s, BadRequest, arrival)
     limits = (s.max_texts, s.max_text_chars)
     texts = _texts(payload, tail, header_length is not None, limits)
     long_text = payload.get("parameters", {}).get("long_text")
     available = [n for n in OUTPUTS if n != "score" or classifier.has_score]
     wanted = _wanted(payload, available)
-    predictions = await classify(state, texts, long_text=long_text)
+    # Tensors have no per-item error: a batch not wholly run by its deadline is one 504.
+    predictions = await classify(
+        state, texts, long_text=long_text, deadline=qos.deadline, priority=qos.priority
+    )
     n, labels = len(predictions), list(classifier.labels)
     tensors: dict[str, dict[str, Any]] = {
         "label": {"datatype": "BYTES", "shape": [n], "data": [p.label for p in predictions]},

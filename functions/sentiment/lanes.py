@@ -17,12 +17,9 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from shared.errors import DeadlineExceeded
-
-if TYPE_CHECKING:
-    from functions.sentiment.batching import Probabilities, RunStats
 
 HIGH, NORMAL, LOW = 0, 1, 2
 LANE_NAMES = ("high", "normal", "low")
@@ -34,7 +31,7 @@ class Item:
     """One text's token windows waiting for a run, and the future its answer goes to."""
 
     windows: tuple[Sequence[int], ...]
-    future: asyncio.Future[tuple[Probabilities, RunStats]]
+    future: asyncio.Future[Any]  # (probabilities, batching.RunStats)
     enqueued: float = field(default_factory=time.perf_counter)  # for the queue-wait metric
     priority: int = NORMAL
     deadline: float | None = None  # time.monotonic() instant, None = none

@@ -28,9 +28,10 @@ from concurrent.futures import Future
 
 from starlette.concurrency import run_in_threadpool
 
-from functions.sentiment import preload
+from functions.sentiment import dedup, preload
 from functions.sentiment.batching import Batcher, RunStats
 from functions.sentiment.core import AppState
+from functions.sentiment.lanes import LANE_NAMES
 from shared.vault import SecretError
 
 log = logging.getLogger("kubesentiment.app")
@@ -65,6 +66,9 @@ async def load_model(state: AppState) -> None:
         for wait in stats.queue_waits:
             m.queue_wait.labels(s.variant).observe(wait)
 
+    def on_expired(texts: int, lane: int) -> None:
+        m.deadline_exceeded.labels(LANE_NAMES[lane], s.variant).inc(texts)
+
     batcher = Batcher(
         classifier.run,
         enabled=s.batching,
@@ -73,8 +77,12 @@ async def load_model(state: AppState) -> None:
         max_queued=s.max_queued_texts,
         retry_after_s=s.retry_after_s,
         on_run=on_run,
+        priorities=s.priorities,
+        priority_max_wait_s=s.priority_max_wait_ms / 1000,
+        on_expired=on_expired,
     )
     await batcher.start()
+    state.dedup = dedup.build(s, m, classifier.manifest)
     state.classifier, state.batcher = classifier, batcher
     mf = classifier.manifest
     m.model_info.labels(s.variant, mf.name, mf.version, mf.precision).set(1)
