@@ -240,6 +240,105 @@ ROWS: tuple[tuple[str, tuple[Panel, ...]], ...] = (
         ),
     ),
     (
+        "Prediction monitoring",
+        (
+            Panel(
+                "Label mix: last hour vs trailing week",
+                (
+                    q(
+                        f"variant_label:kubesentiment_predictions:ratio_rate1h{{{V}}}",
+                        "{{variant}} {{label}} last hour",
+                    ),
+                    q(
+                        f"variant_label:kubesentiment_predictions:ratio_rate1w{{{V}}}",
+                        "{{variant}} {{label}} trailing week",
+                    ),
+                ),
+                unit="percentunit",
+                width=12,
+                description="Each label's share of the predictions; the drift alert fires when a "
+                "share is 0.15 away from the week's for 30 minutes (runbooks.md).",
+            ),
+            Panel(
+                "Prediction score",
+                (
+                    q(
+                        f"variant:kubesentiment_prediction_score:mean_rate1h{{{V}}}",
+                        "{{variant}} mean, last hour",
+                    ),
+                    q(
+                        f"variant:kubesentiment_prediction_score:mean_rate1w{{{V}}}",
+                        "{{variant}} mean, trailing week",
+                    ),
+                    *(
+                        q(
+                            f"histogram_quantile({p}, sum by (variant, le) "
+                            f"(rate(kubesentiment_prediction_score_bucket{{{V}}}[{RATE}])))",
+                            f"{{{{variant}}}} p{int(p * 100)}",
+                        )
+                        for p in (0.1, 0.5, 0.9)
+                    ),
+                ),
+                width=12,
+                description="P(positive) - P(negative), from -1 to 1.",
+            ),
+            Panel(
+                "Score distribution",
+                (
+                    q(
+                        f"sum by (le) (rate(kubesentiment_prediction_score_bucket{{{V}}}[{RATE}]))",
+                        "{{le}}",
+                    ),
+                ),
+                kind="heatmap",
+                options={"format": "heatmap"},
+            ),
+            Panel(
+                "Top-class confidence",
+                (
+                    q(
+                        f"variant:kubesentiment_prediction_confidence:mean_rate1h{{{V}}}",
+                        "{{variant}} mean, last hour",
+                    ),
+                    q(
+                        f"histogram_quantile(0.5, sum by (variant, label, le) "
+                        f"(rate(kubesentiment_prediction_confidence_bucket{{{V}}}[{RATE}])))",
+                        "{{variant}} {{label}} p50",
+                    ),
+                ),
+                unit="percentunit",
+                description="Probability of the predicted label; falling confidence is typical "
+                "of inputs unlike the training data.",
+            ),
+            Panel(
+                "Tokens per text by label",
+                (
+                    q(
+                        f"histogram_quantile(0.5, sum by (variant, label, le) "
+                        f"(rate(kubesentiment_tokens_per_text_bucket{{{V}}}[{RATE}])))",
+                        "{{variant}} {{label}} p50",
+                    ),
+                ),
+            ),
+            Panel(
+                "Payload log events (PAYLOAD_LOG_SAMPLE)",
+                (
+                    q(
+                        f"sum by (variant, outcome) "
+                        f"(rate(kubesentiment_payload_log_events_total{{{V}}}[{RATE}]))",
+                        "{{variant}} {{outcome}}",
+                    ),
+                    q(
+                        f"sum by (variant) (kubesentiment_payload_log_pending{{{V}}})",
+                        "{{variant}} pending",
+                    ),
+                ),
+                description="Sampled request/response events sent to PAYLOAD_LOG_SINK; dropped "
+                "and failure are events lost (queue full, sink down).",
+            ),
+        ),
+    ),
+    (
         "Cold starts and model",
         (
             Panel(
@@ -502,6 +601,7 @@ def _panel(panel: Panel, panel_id: int, x: int, y: int) -> dict[str, Any]:
             "legendFormat": query.legend or "__auto",
             "refId": chr(ord("A") + i),
             **({"format": "table", "instant": True} if panel.options.get("instant") else {}),
+            **({"format": panel.options["format"]} if "format" in panel.options else {}),
         }
         for i, query in enumerate(panel.queries)
     ]
