@@ -156,6 +156,11 @@ bench-baseline: $(STAMP) ## int8/fp32 vs FastAPI + transformers baseline -> docs
 bench-batching: $(STAMP) ## Micro-batching on/off at concurrency 1, 8, 32, 3 server sets with an A/A control (~4 min)
 	$(PYTHON) -m benchmarks.batching --control
 
+.PHONY: bench-duplicates
+bench-duplicates: $(STAMP) ## Throughput with 50 % duplicate texts: DEDUP off/on, cache on, A/A control -> docs/duplicates.json, README (~6 min)
+	$(PYTHON) -m benchmarks.duplicates
+	$(PYTHON) -m benchmarks.duplicates --readme
+
 .PHONY: bench-explain playground-screenshot
 bench-explain: $(STAMP) ## Explanation cost (20 and 100 words vs /predict) and faithfulness -> docs/explain.json, README (~3 min)
 	$(PYTHON) -m benchmarks.explain --runs 30 --out docs/explain.json

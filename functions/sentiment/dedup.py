@@ -230,17 +230,20 @@ class Dedup(Generic[R]):
         try:
             # Joined texts are awaited until this request's own deadline; its own texts until
             # the batcher answers (it enforces the deadline on what is still queued).
-            if expired is not None and deadline is not None and len(owned) < len(waiting):
+            joined = {e.future for u, e in waiting.items() if u not in owned}
+            timed = expired is not None and deadline is not None
+            if joined and timed:
+                assert deadline is not None
                 timeout = deadline - self._clock()
                 if timeout > 0:
-                    await asyncio.wait({e.future for e in waiting.values()}, timeout=timeout)
-            mine = {waiting[u].future for u in owned if not waiting[u].future.done()}
-            if mine:
-                await asyncio.wait(mine)
-            if expired is None:
-                pending = {e.future for e in waiting.values() if not e.future.done()}
-                if pending:
-                    await asyncio.wait(pending)
+                    await asyncio.wait(joined, timeout=timeout)
+            if owned:  # one computation: shielded, so leaving does not cancel it for others
+                task = waiting[next(iter(owned))].run.task
+                if task is not None and not task.done():
+                    await asyncio.shield(task)
+            pending = {f for f in joined if not f.done()}
+            if pending and not timed:
+                await asyncio.wait(pending)
         finally:
             # Leaving (answered, timed out or cancelled): a computation nobody awaits any more
             # is cancelled and forgotten, so no later request joins it.
