@@ -10,7 +10,9 @@ so they share batched ONNX runs: an explanation costs words + 1 model inputs (on
 attribution is P(label | text) - P(label | text with the word masked) for the label predicted for
 the whole text: positive means the word supported that label, negative that it pulled against it.
 Words past EXPLAIN_MAX_WORDS are not scored (`words_total` says how many there were), and a word
-beyond the model's max tokens cannot change a truncated prediction, so it scores 0.
+beyond the model's max tokens cannot change a truncated prediction, so it scores about 0 (the
+int8 model's scores move slightly with their batch neighbours). The explanation's inputs share the
+request's deadline and priority like any prediction (`qos`).
 
 Masking removes the word (replaces it by a space). Replacing it by the tokenizer's [UNK] or [MASK]
 token was measured too (`benchmarks/explain.py` writes the faithfulness of each to
@@ -21,6 +23,7 @@ token, so every model can be explained the same way.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -31,7 +34,8 @@ from starlette.routing import BaseRoute, Route
 
 from functions.sentiment.core import AppState, classify, inference, prediction_json
 from functions.sentiment.inputs import PredictRequest, parse_predict, read_json, shown
-from shared.errors import InvalidInput
+from functions.sentiment.qos import Qos, from_headers, late_item
+from shared.errors import DeadlineExceeded, InvalidInput
 
 if TYPE_CHECKING:  # the model module imports ONNX Runtime: the preload thread does that
     from functions.sentiment.model import Prediction
@@ -99,15 +103,21 @@ class Plan:
         return out
 
     def explanations(
-        self, labels: Sequence[str], scored: Sequence[Prediction]
-    ) -> list[dict[str, Any]]:
-        """The explanation of each text, from the predictions for `inputs()` in order."""
-        out, at = [], len(self.texts)
+        self, labels: Sequence[str], scored: Sequence[Prediction | None]
+    ) -> list[dict[str, Any] | None]:
+        """The explanation of each text, from the predictions for `inputs()` in order; None for
+        a text whose original or a variant has no prediction (its deadline passed)."""
+        out: list[dict[str, Any] | None] = []
+        at = len(self.texts)
         for index, spans in enumerate(self.spans):
             original = scored[index]
             variants = scored[at : at + len(spans)]
             at += len(spans)
-            values = attributions(labels, original.label, original.probabilities, variants)
+            if original is None or any(v is None for v in variants):
+                out.append(None)
+                continue
+            ready = [v for v in variants if v is not None]
+            values = attributions(labels, original.label, original.probabilities, ready)
             out.append(
                 {
                     "label": original.label,
@@ -124,27 +134,43 @@ class Plan:
         return out
 
 
-async def predict_explained(
-    state: AppState, texts: list[str], *, long_text: str | None
-) -> tuple[list[Prediction], list[dict[str, Any]]]:
-    """Predictions for `texts` and their explanations, from one batched submit."""
-    assert state.classifier is not None
-    plan = Plan.build(texts, state.settings.explain_max_words)
-    scored = await classify(state, plan.inputs(), long_text=long_text, observe=len(texts))
-    return scored[: len(texts)], plan.explanations(state.classifier.labels, scored)
-
-
-def explained_json(
-    request: PredictRequest,
-    predictions: list[Prediction],
-    explanations: list[dict[str, Any]],
-    state: AppState,
+async def explained_results(
+    state: AppState, request: PredictRequest, qos: Qos
 ) -> list[dict[str, Any]]:
-    """The prediction objects of a request, each with its `explanation`."""
+    """The answer objects of a request with `explain`: each text's prediction with its
+    `explanation`, all from one batched submit. In a batch, a text whose inputs were not all run
+    by the deadline gets a per-item `deadline_exceeded` error; a single text, or a batch none of
+    whose texts made it, is answered 504."""
+    assert state.classifier is not None
+    texts = [i.text for i in request.items]
+    plan = Plan.build(texts, state.settings.explain_max_words)
+    late: DeadlineExceeded | None = None
+    scored: Sequence[Prediction | None]
+    try:
+        scored = await classify(
+            state,
+            plan.inputs(),
+            long_text=request.long_text,
+            observe=len(texts),
+            deadline=qos.deadline,
+            priority=qos.priority,
+        )
+    except DeadlineExceeded as e:
+        if e.partial is None or request.single:
+            raise
+        late, scored = e, e.partial
+    explanations = plan.explanations(state.classifier.labels, scored)
+    if late is not None and all(e is None for e in explanations):
+        raise DeadlineExceeded(late.message)
     out = []
-    for item, p, e in zip(request.items, predictions, explanations, strict=True):
-        body = prediction_json(p, item.id, state)
-        body["explanation"] = e
+    for index, (item, explanation) in enumerate(zip(request.items, explanations, strict=True)):
+        prediction = scored[index]
+        if late is not None and (explanation is None or prediction is None):
+            out.append(late_item(late, item.id, index))
+            continue
+        assert prediction is not None
+        body = prediction_json(prediction, item.id, state)
+        body["explanation"] = explanation
         out.append(body)
     return out
 
@@ -165,11 +191,11 @@ def parse_explain(data: Any, *, max_chars: int) -> PredictRequest:
 async def explain(request: Request, state: AppState) -> Response:
     """POST /explain: one text's prediction and the attribution of each of its words."""
     s = state.settings
+    # As on /predict: X-Request-Timeout and X-Priority, refused before the body is read.
+    qos = from_headers(request.headers, s, InvalidInput, time.monotonic())
     data = await read_json(request, s.max_body_bytes, s.body_timeout_s)
     parsed = parse_explain(data, max_chars=s.max_text_chars)
-    texts = [i.text for i in parsed.items]
-    predictions, explanations = await predict_explained(state, texts, long_text=parsed.long_text)
-    return JSONResponse(explained_json(parsed, predictions, explanations, state)[0])
+    return JSONResponse((await explained_results(state, parsed, qos))[0])
 
 
 def routes() -> list[BaseRoute]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -15,7 +17,8 @@ from functions.sentiment.core import (
     prediction_json,
 )
 from functions.sentiment.inputs import parse_predict, read_json
-from shared.errors import NotReady
+from functions.sentiment.qos import from_headers
+from shared.errors import InvalidInput, NotReady
 from shared.logs import request_id_var
 
 
@@ -23,14 +26,13 @@ from shared.logs import request_id_var
 async def predict(request: Request, state: AppState) -> Response:
     """POST /predict: one text or a batch of texts."""
     s = state.settings
+    # The deadline counts from arrival; a bad header is refused before the body is read.
+    qos = from_headers(request.headers, s, InvalidInput, time.monotonic())
     data = await read_json(request, s.max_body_bytes, s.body_timeout_s)
     parsed = parse_predict(data, max_texts=s.max_texts, max_chars=s.max_text_chars)
     texts = [i.text for i in parsed.items]
     if parsed.explain:
-        predictions, explained = await explain.predict_explained(
-            state, texts, long_text=parsed.long_text
-        )
-        results = explain.explained_json(parsed, predictions, explained, state)
+        results = await explain.explained_results(state, parsed, qos)
     else:
         predictions = await classify(state, texts, long_text=parsed.long_text)
         results = [
