@@ -45,8 +45,10 @@ tools: ## Install the system tools tests use (promtool, prometheus, docker-compo
 	@command -v docker-compose >/dev/null || { \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 	    --no-install-recommends docker-compose >/dev/null; }
-	@# Headless Chromium drives the playground page (tests/test_playground.py, make playground-screenshot).
-	@command -v chromium >/dev/null || { \
+	@# Headless Chromium drives the playground page (tests/test_playground.py, make playground-screenshot);
+	@# a Chrome already installed (CI runners have one) does as well.
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+	  command -v google-chrome >/dev/null || { \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 	    --no-install-recommends chromium >/dev/null; }
 
