@@ -13,6 +13,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from functions.sentiment.qos_doc import (
+    DEADLINE_EXCEEDED,
+    event_extensions,
+    event_headers,
+    predict_headers,
+)
 from functions.sentiment.schemas import (
     MAX_ATTRIBUTE_CHARS,
     REQUEST_TYPE,
@@ -40,6 +46,7 @@ _ERROR_TEXT = {
     429: "Overloaded; retry after Retry-After seconds",
     500: "A bug: the message never holds a stack trace (the log line has it, with the id)",
     503: "Not ready or shutting down; retry after Retry-After seconds",
+    504: DEADLINE_EXCEEDED,
 }
 
 _NOT_LIVE = "Start-up did not succeed within STARTUP_TIMEOUT_SECONDS: the pod is to be restarted"
@@ -110,10 +117,12 @@ def paths(settings: Settings, model_names: list[str]) -> dict[str, Any]:
                 {
                     "200": _reply(
                         {"oneOf": [ref("Prediction"), ref("Results")]},
-                        "One prediction for `text`, or `results` in input order for `texts`",
+                        "One prediction for `text`, or `results` in input order for `texts` "
+                        "(a per-item `deadline_exceeded` error for a text not run in time)",
                     ),
-                    **_errors(400, 401, 408, 413, 415, 422, 429, 500, 503),
+                    **_errors(400, 401, 408, 413, 415, 422, 429, 500, 503, 504),
                 },
+                parameters=predict_headers(),
                 requestBody=_body(
                     ref("PredictRequest"),
                     single={"text": "The plot was thin but the acting was wonderful", "id": "r1"},
@@ -139,7 +148,7 @@ def paths(settings: Settings, model_names: list[str]) -> dict[str, Any]:
                             STRUCTURED_JSON: {"schema": ref("ReplyEvent")},
                         },
                     },
-                    **_errors(400, 401, 408, 413, 429, 500, 503),
+                    **_errors(400, 401, 408, 413, 429, 500, 503, 504),
                 },
                 description=(
                     f"Request type `{REQUEST_TYPE}`. Binary mode (what a Knative Broker "
@@ -148,9 +157,12 @@ def paths(settings: Settings, model_names: list[str]) -> dict[str, Any]:
                     "event in the body (schema `StructuredEvent`, see "
                     "`x-cloudevents-structured-mode`); ce-* headers are then optional, and "
                     "refused only when they contradict the event. One result or per-item error "
-                    "per text, in order."
+                    "per text, in order. Extensions: `deadline` (RFC 3339; texts not run by then "
+                    "are never computed: 504 when none ran, else per-item `deadline_exceeded` "
+                    "errors) and `priority` (high, normal or low; low by default, so bulk events "
+                    "yield to interactive requests), see `x-cloudevents-extensions`."
                 ),
-                parameters=ce_headers,
+                parameters=[*ce_headers, *event_headers()],
                 requestBody=_body(
                     ref("EventData"),
                     texts={"texts": ["Great film", "Dull"]},
@@ -163,7 +175,8 @@ def paths(settings: Settings, model_names: list[str]) -> dict[str, Any]:
                     "x-cloudevents-structured-mode": {
                         "content": {STRUCTURED_JSON: {"schema": ref("StructuredEvent")}},
                         "headers": "ce-* headers optional; when present they must be valid",
-                    }
+                    },
+                    "x-cloudevents-extensions": event_extensions(),
                 },
             )
         },
@@ -198,8 +211,9 @@ def paths(settings: Settings, model_names: list[str]) -> dict[str, Any]:
                         "The prediction with its `explanation`: one attribution per word, "
                         "with code point offsets into the text",
                     ),
-                    **_errors(400, 401, 408, 413, 415, 422, 429, 500, 503),
+                    **_errors(400, 401, 408, 413, 415, 422, 429, 500, 503, 504),
                 },
+                parameters=predict_headers(),
                 description=(
                     "Occlusion: the text and one copy per word with that word removed go to the "
                     "batcher in one submit (words + 1 model inputs, at most EXPLAIN_MAX_WORDS + "
@@ -252,7 +266,7 @@ def paths(settings: Settings, model_names: list[str]) -> dict[str, Any]:
                         ref("V2InferResponse"),
                         "outputs label (BYTES), score (FP32), probabilities (FP32 [N, C])",
                     ),
-                    **_errors(400, 401, 404, 408, 413, 429, 500, 503, v2=True),
+                    **_errors(400, 401, 404, 408, 413, 429, 500, 503, 504, v2=True),
                 },
                 description=(
                     "JSON tensor data, or the binary tensor data extension: the JSON part's "

@@ -1,7 +1,7 @@
 """Deadlines and priorities, read from each protocol's own fields into one meaning.
 
-- `POST /predict`: `X-Request-Timeout`, seconds (a decimal > 0); `X-Priority: high|normal|low`,
-  normal by default.
+- `POST /predict` (and `/explain`): `X-Request-Timeout`, seconds (a decimal, 0 = none);
+  `X-Priority: high|normal|low`, normal by default.
 - `POST /v2/models/{name}/infer`: `parameters.timeout`, microseconds (an integer, 0 = none);
   `parameters.priority`, an integer: 1 = high, 2 = normal, 3 and more = low, 0 = the default
   (normal).
@@ -27,15 +27,19 @@ from typing import Any
 from functions.sentiment.core import AppState, prediction_json
 from functions.sentiment.inputs import kind, shown
 from functions.sentiment.lanes import HIGH, LOW, NORMAL
+from functions.sentiment.qos_doc import (
+    MAX_TIMEOUT_US,
+    MAX_V2_PRIORITY,
+    PRIORITY_NAMES,
+    TIMEOUT_PATTERN,
+)
 from shared.config import Settings
 from shared.errors import ApiError, DeadlineExceeded
 
-PRIORITIES = {"high": HIGH, "normal": NORMAL, "low": LOW}
-MAX_TIMEOUT_S = 86400  # a day: a longer client timeout is a mistake (the server cap is shorter)
-MAX_V2_PRIORITY = 2**64 - 1  # Triton's priority is a uint64
+PRIORITIES = dict(zip(PRIORITY_NAMES, (HIGH, NORMAL, LOW), strict=True))
 TIMEOUT_HEADER = "x-request-timeout"
 PRIORITY_HEADER = "x-priority"
-_DECIMAL = re.compile(r"[0-9]{1,9}(\.[0-9]{1,9})?")
+_DECIMAL = re.compile(TIMEOUT_PATTERN)
 _RFC3339 = re.compile(
     r"([0-9]{4}-[0-9]{2}-[0-9]{2})[Tt ]([0-9]{2}:[0-9]{2}:[0-9]{2})(\.[0-9]+)?"
     r"([Zz]|[+-][0-9]{2}:[0-9]{2})"
@@ -59,21 +63,21 @@ def deadline_after(settings: Settings, seconds: float | None, arrival: float) ->
 def from_headers(
     headers: Mapping[str, str], settings: Settings, error: type[ApiError], arrival: float
 ) -> Qos:
-    """`/predict`: X-Request-Timeout (decimal seconds) and X-Priority (normal by default)."""
+    """`/predict`: X-Request-Timeout (decimal seconds, 0 = none) and X-Priority (normal by
+    default)."""
     seconds = None
     raw = headers.get(TIMEOUT_HEADER)
     if raw is not None:
-        value = raw.strip()
-        if not _DECIMAL.fullmatch(value) or not 0 < float(value) <= MAX_TIMEOUT_S:
+        if not _DECIMAL.fullmatch(raw.strip()):
             raise error(
-                f"X-Request-Timeout must be a decimal number of seconds, more than 0 and at "
-                f"most {MAX_TIMEOUT_S}; got {shown(raw)}"
+                "X-Request-Timeout must be a decimal number of seconds (up to 5 digits and 6 "
+                f"decimals, e.g. 2.5; 0 = none); got {shown(raw)}"
             )
-        seconds = float(value)
+        seconds = float(raw) or None
     priority = NORMAL
     name = headers.get(PRIORITY_HEADER)
     if name is not None:
-        priority = _named_priority(name.strip().lower(), "X-Priority", error)
+        priority = _named_priority(name.strip(), "X-Priority", error)
     return Qos(deadline_after(settings, seconds, arrival), priority)
 
 
@@ -83,7 +87,7 @@ def from_v2(
     """v2 `parameters.timeout` (microseconds, 0 = none) and `parameters.priority` (1 = high)."""
     seconds = None
     if "timeout" in parameters:
-        us = _integer(parameters["timeout"], "parameters.timeout", MAX_TIMEOUT_S * 10**6, error)
+        us = _integer(parameters["timeout"], "parameters.timeout", MAX_TIMEOUT_US, error)
         seconds = us / 1e6 if us else None
     priority = NORMAL
     if "priority" in parameters:
@@ -106,7 +110,7 @@ def from_event(
         value = attributes["priority"]
         if not isinstance(value, str):
             raise error(f"the priority extension must be high, normal or low, got {kind(value)}")
-        priority = _named_priority(value.strip().lower(), "the priority extension", error)
+        priority = _named_priority(value, "the priority extension", error)
     return Qos(deadline_after(settings, seconds, arrival), priority)
 
 
@@ -119,6 +123,7 @@ def parse_rfc3339(value: Any, what: str, error: type[ApiError]) -> float:
     if match is None:
         raise error(problem)
     day, clock, fraction, offset = match.groups()
+    clock = clock[:6] + "59" if clock.endswith(":60") else clock  # a leap second
     fraction = (fraction or "")[:7]  # datetime keeps microseconds
     offset = "+00:00" if offset in ("Z", "z") else offset
     try:

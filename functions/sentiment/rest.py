@@ -17,8 +17,8 @@ from functions.sentiment.core import (
     prediction_json,
 )
 from functions.sentiment.inputs import parse_predict, read_json
-from functions.sentiment.qos import from_headers
-from shared.errors import InvalidInput, NotReady
+from functions.sentiment.qos import from_headers, late_results
+from shared.errors import DeadlineExceeded, InvalidInput, NotReady
 from shared.logs import request_id_var
 
 
@@ -34,7 +34,19 @@ async def predict(request: Request, state: AppState) -> Response:
     if parsed.explain:
         results = await explain.explained_results(state, parsed, qos)
     else:
-        predictions = await classify(state, texts, long_text=parsed.long_text)
+        try:
+            predictions = await classify(
+                state,
+                texts,
+                long_text=parsed.long_text,
+                deadline=qos.deadline,
+                priority=qos.priority,
+            )
+        except DeadlineExceeded as e:
+            if parsed.single or e.partial is None:
+                raise  # 504 deadline_exceeded
+            ids = [item.id for item in parsed.items]
+            return JSONResponse({"results": late_results(e, ids, state)})
         results = [
             prediction_json(p, item.id, state)
             for p, item in zip(predictions, parsed.items, strict=True)

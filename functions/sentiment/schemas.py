@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from functions.sentiment.inputs import LONG_TEXT_MODES, MAX_ID_CHARS, MAX_ID_INT
+from functions.sentiment.qos_doc import event_extensions, v2_parameters
 from shared.config import Settings
 
 MAX_ATTRIBUTE_CHARS = 1024
@@ -132,7 +133,8 @@ def schemas(settings: Settings, model_names: list[str]) -> dict[str, Any]:
         "Results": {
             "type": "object",
             "required": ["results"],
-            "properties": {"results": {"type": "array", "items": ref("Prediction")}},
+            # A per-item error only for a text not run by the request's deadline (qos.py).
+            "properties": {"results": {"type": "array", "items": ref("ItemResult")}},
             "additionalProperties": False,
         },
         "EventData": {
@@ -190,6 +192,7 @@ def schemas(settings: Settings, model_names: list[str]) -> dict[str, Any]:
                 "dataschema": {**attr, "minLength": 1},
                 "time": {"type": "string", "format": "date-time"},
                 "data": ref("EventData"),
+                **event_extensions(),
             },
             "propertyNames": {"pattern": "^[a-z0-9]{1,20}$"},
             # Extension attributes: the CloudEvents types String, Integer (32-bit) and Boolean.
@@ -303,7 +306,10 @@ def _v2_schemas(n_max: int, model_names: list[str], *, text_ref: dict[str, Any])
                 "id": {"type": "string", "maxLength": MAX_NAME_CHARS},
                 "parameters": {
                     "type": "object",
-                    "properties": {"long_text": {"enum": ["truncate", "chunk", None]}},
+                    "properties": {
+                        "long_text": {"enum": ["truncate", "chunk", None]},
+                        **v2_parameters(),
+                    },
                 },
                 "inputs": {
                     "type": "array",
