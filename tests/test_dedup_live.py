@@ -37,6 +37,7 @@ def test_a_batch_with_duplicates_answers_every_item_in_order(
     unique = httpx.post(url, json={"texts": [GOOD, BAD, MEH]}, timeout=30).json()["results"]
     assert [r["label"] for r in unique][:2] == ["positive", "negative"]
     before = metric(server, "kubesentiment_deduplicated_texts_total", scope="batch")
+    run_before = metric(server, "kubesentiment_batch_size_sum")
     batch = [GOOD, BAD, GOOD, MEH, BAD, GOOD]
     r = httpx.post(url, json={"texts": batch}, timeout=30)
     assert r.status_code == 200, r.text
@@ -46,6 +47,7 @@ def test_a_batch_with_duplicates_answers_every_item_in_order(
     assert answered == [by_text[t] for t in batch]
     after = metric(server, "kubesentiment_deduplicated_texts_total", scope="batch")
     assert after - before == 3
+    assert metric(server, "kubesentiment_batch_size_sum") - run_before == 3  # texts run: 3, not 6
     assert metric(server, "kubesentiment_cache_enabled") == 0  # CACHE_SIZE defaults to off
 
 
