@@ -416,3 +416,40 @@ def test_events_in_flight_are_flushed_at_shutdown(
         assert "cancelled at shutdown" not in server.logs()
     finally:
         flaky.close()
+
+
+def test_texts_answered_before_a_deadline_are_watched_and_logged(settings: Settings) -> None:
+    """A batch cut by its deadline still answers the texts run in time: they are counted and
+    payload-logged; the expired ones are not."""
+    from functions.sentiment import core
+    from functions.sentiment.monitoring import payload_record
+    from shared.errors import DeadlineExceeded
+
+    registry = CollectorRegistry()
+    state = core.AppState(settings=settings, metrics=Metrics.create(registry))
+    ran = prediction("positive", 0.9, {"negative": 0.03, "neutral": 0.04, "positive": 0.93})
+
+    class Classifier:
+        labels = ("negative", "neutral", "positive")
+
+    class Dedup:
+        async def run(self, *args: Any, **kwargs: Any) -> list[Any]:
+            return [ran, DeadlineExceeded("late")]
+
+    state.classifier, state.batcher = Classifier(), object()  # type: ignore[assignment]
+    state.dedup = Dedup()  # type: ignore[assignment]
+    records: list[Any] = []
+
+    async def main() -> None:
+        token = payload_record.set(records)
+        try:
+            await core.classify(state, ["in time", "too late"])
+        finally:
+            payload_record.reset(token)
+
+    with pytest.raises(DeadlineExceeded) as e:
+        asyncio.run(main())
+    assert e.value.partial == [ran, None]
+    labels = {"label": "positive", "variant": settings.variant}
+    assert sample(registry, "kubesentiment_predictions_total", **labels) == 1
+    assert records == [(["in time"], [ran])]

@@ -165,9 +165,16 @@ async def classify(
         results = await state.dedup.run(
             option, texts, compute, deadline=deadline, rank=priority, expired=_late_text
         )
-    predictions: list[Prediction] = settle(results)  # raises DeadlineExceeded (maybe partial)
-    # Counts, score/confidence/token histograms by label; texts kept for a payload-logged request.
     labels = classifier.labels
+    try:
+        predictions: list[Prediction] = settle(results)  # raises DeadlineExceeded (maybe partial)
+    except DeadlineExceeded as e:
+        if e.partial is not None:  # the texts run in time are answered: watch them too
+            done = [(t, p) for t, p in zip(texts[:observe], e.partial, strict=False) if p]
+            ran_texts, ran = [t for t, _ in done], [p for _, p in done]
+            monitoring.observe(state.extras, m, variant, labels, ran_texts, ran)
+        raise
+    # Counts, score/confidence/token histograms by label; texts kept for a payload-logged request.
     monitoring.observe(state.extras, m, variant, labels, texts[:observe], predictions[:observe])
     return predictions
 
