@@ -20,7 +20,9 @@ import httpx
 import pytest
 
 from loadtests import local
+from shared.config import Settings
 from tests.conftest import LiveServer, model_dir
+from tests.test_shutdown import services
 
 pytestmark = pytest.mark.integration
 
@@ -321,3 +323,15 @@ def test_an_interactive_request_overtakes_queued_bulk_events(
 
     expected = ["busy", "predict", "event"] if priorities == "on" else ["busy", "event", "predict"]
     assert asyncio.run(main()) == expected
+
+
+@pytest.mark.parametrize("service", services())
+def test_the_server_deadline_is_below_the_revision_timeout(service: dict[str, Any]) -> None:
+    """Knative cuts a request at the revision's timeoutSeconds; the function's own deadline must
+    come first, so the client gets 504 deadline_exceeded (and no work is done late)."""
+    spec = service["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    env = {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
+    name = "MAX_REQUEST_TIMEOUT_SECONDS"
+    settings = Settings.from_env({k: v for k, v in env.items() if k == name})
+    assert settings.max_request_timeout_s < float(spec.get("timeoutSeconds", 300))
