@@ -1,11 +1,11 @@
 """Hostile input on all three protocols: every class answers 4xx in the route's error shape.
 
 Table-driven: each hostile *poison* (a raw JSON fragment or raw bytes) is placed where a text goes
-in each protocol's body: `/predict`, CloudEvents binary, structured and `data_base64`, KServe v2
-JSON and binary tensor data. Nothing a client sends may produce a 5xx; the answer names what is
-wrong. For a CloudEvent, a bad *text* is a per-item error in a 200 reply (the rest of the event is
-still answered); a bad *document* is a 400. A property test then throws arbitrary JSON at the same
-places.
+in each protocol's body: `/predict` (also with `explain`), `/explain`, CloudEvents binary,
+structured and `data_base64`, KServe v2 JSON and binary tensor data. Nothing a client sends may
+produce a 5xx; the answer names what is wrong. For a CloudEvent, a bad *text* is a per-item error
+in a 200 reply (the rest of the event is still answered); a bad *document* is a 400. A property
+test then throws arbitrary JSON at the same places.
 """
 
 from __future__ import annotations
@@ -74,6 +74,22 @@ def predict(c: TestClient, poison: bytes) -> Any:
     )
 
 
+def explain(c: TestClient, poison: bytes) -> Any:
+    return c.post(
+        "/explain",
+        content=b'{"text": ' + poison + b"}",
+        headers={"content-type": "application/json"},
+    )
+
+
+def predict_explain(c: TestClient, poison: bytes) -> Any:
+    return c.post(
+        "/predict",
+        content=b'{"explain": true, "texts": [' + poison + b"]}",
+        headers={"content-type": "application/json"},
+    )
+
+
 def ce_binary(c: TestClient, poison: bytes) -> Any:
     body = b'{"texts": [' + poison + b"]}"
     return c.post("/", content=body, headers={**CE_HEADERS, "content-type": "application/json"})
@@ -128,6 +144,8 @@ def v2_binary(c: TestClient, poison: bytes) -> Any:
 
 PROTOCOLS: dict[str, Callable[[TestClient, bytes], Any]] = {
     "predict": predict,
+    "explain": explain,
+    "predict-explain": predict_explain,
     "ce-binary": ce_binary,
     "ce-structured": ce_structured,
     "ce-data-base64": ce_base64,
