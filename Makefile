@@ -174,6 +174,10 @@ playground-screenshot: $(STAMP) tools ## The playground in headless Chromium -> 
 # Each peer gets its own venv under build/peers/venvs from benchmarks/peers/requirements-*.txt
 # (created on first use, several minutes; not part of the measured run).
 .PHONY: bench-peers bench-peers-quick capacity capacity-quick
+REGRESSION_BASE ?= 15f4623
+bench-regression: $(STAMP) ## Plain /predict, working tree vs REGRESSION_BASE (git rev) with an A/A control -> docs/regression.json (~3 min)
+	$(PYTHON) -m benchmarks.regression --base $(REGRESSION_BASE)
+
 bench-peers: $(STAMP) ## Peers side by side on the same ONNX model -> docs/peers.{json,md}, charts, README (~20 min)
 	$(PYTHON) -m benchmarks.peers.run
 	$(PYTHON) -m scripts.readme_perf --write

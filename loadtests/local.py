@@ -86,15 +86,17 @@ def launch(
     log_path: Path,
     port: int | None = None,
     module: str = "functions.sentiment",
+    cwd: Path = ROOT,
 ) -> LocalFunction:
-    """Start `python -m module` with os.environ + PORT + `env`, output to `log_path` (no wait)."""
+    """Start `python -m module` with os.environ + PORT + `env`, output to `log_path` (no wait);
+    `cwd` picks the source tree (another revision's checkout, for a before/after benchmark)."""
     port = port or free_port()
     child_env = {**os.environ, "PORT": str(port), **env}
     with log_path.open("wb") as log:
         spawned_at = time.time()
         process = subprocess.Popen(
             [sys.executable, "-m", module],
-            cwd=ROOT,
+            cwd=cwd,
             env=child_env,
             stdout=log,
             stderr=subprocess.STDOUT,
