@@ -12,8 +12,11 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from functions.sentiment.cache import ResponseCache, model_fingerprint
-from functions.sentiment.dedup import Dedup
+from functions.sentiment.dedup import Dedup, build
+from shared.config import ConfigError, Settings
 from shared.errors import DeadlineExceeded, Overloaded
+from shared.metrics import Metrics
+from shared.modeldir import Manifest
 
 
 class FakeCompute:
@@ -374,3 +377,42 @@ def test_cache_with_dedup_off_serves_hits_and_computes_the_rest() -> None:
         assert compute.calls == [["a", "b"], ["c"]]
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        pytest.param({"CACHE_SIZE": "-1"}, "CACHE_SIZE='-1' is invalid", id="size"),
+        pytest.param({"CACHE_MIN_HIT_RATE": "1.5"}, "CACHE_MIN_HIT_RATE='1.5'", id="rate"),
+        pytest.param({"CACHE_MIN_HIT_RATE": "nan"}, "CACHE_MIN_HIT_RATE='nan'", id="nan"),
+        pytest.param({"CACHE_GUARD_WINDOW": "0"}, "CACHE_GUARD_WINDOW='0'", id="window"),
+        pytest.param({"DEDUP": "sometimes"}, "DEDUP='sometimes'", id="dedup"),
+    ],
+)
+def test_bad_dedup_and_cache_settings_fail_naming_the_variable(
+    env: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Settings.from_env(env)
+
+
+def test_build_follows_the_settings() -> None:
+    manifest = Manifest("m", "1", ("negative", "positive"), 128, "int8", files={"a": "00"})
+    m = Metrics.create(CollectorRegistry())
+    off = Settings.from_env({"DEDUP": "off", "CACHE_SIZE": "0"})
+    assert build(off, m, manifest) is None  # the plain path: no dedup object at all
+    shared = build(Settings.from_env({}), m, manifest)
+    assert shared is not None
+    assert shared.share
+    assert shared.cache is None
+    cached = build(Settings.from_env({"DEDUP": "off", "CACHE_SIZE": "7"}), m, manifest)
+    assert cached is not None
+    assert not cached.share
+    assert cached.cache is not None
+    assert cached.cache.size == 7
+    assert m.registry.get_sample_value("kubesentiment_cache_enabled", {"variant": "cpu-int8"}) == 1
+    other = Manifest("m", "1", ("negative", "positive"), 128, "int8", files={"a": "01"})
+    again = build(Settings.from_env({"CACHE_SIZE": "7"}), m, other)
+    assert again is not None
+    assert again.cache is not None
+    assert again.cache.key("truncate", "x") != cached.cache.key("truncate", "x")
