@@ -166,6 +166,11 @@ bench-duplicates: $(STAMP) ## Throughput with 50 % duplicate texts: DEDUP off/on
 	$(PYTHON) -m benchmarks.duplicates
 	$(PYTHON) -m benchmarks.duplicates --readme
 
+.PHONY: bench-priorities
+bench-priorities: $(STAMP) ## Interactive p50/p99 alone and beside a bulk CloudEvents load, PRIORITIES on/off -> docs/priorities.json, README (~3 min)
+	$(PYTHON) -m benchmarks.priorities
+	$(PYTHON) -m benchmarks.priorities --readme
+
 .PHONY: bench-explain playground-screenshot
 bench-explain: $(STAMP) ## Explanation cost (20 and 100 words vs /predict) and faithfulness -> docs/explain.json, README (~3 min)
 	$(PYTHON) -m benchmarks.explain --runs 30 --out docs/explain.json

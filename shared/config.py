@@ -115,7 +115,7 @@ class Settings:
     )
     priority_max_wait_ms: float = setting(
         "PRIORITY_MAX_WAIT_MS",
-        "50",
+        "500",
         _float(0.0),
         "Longest a lower-priority text is overtaken: past it, it goes before newer texts.",
     )

@@ -104,7 +104,7 @@ class Batcher:
         retry_after_s: int = 1,
         on_run: Callable[[RunStats], None] | None = None,
         priorities: bool = True,
-        priority_max_wait_s: float = 0.05,
+        priority_max_wait_s: float = 0.5,
         on_expired: Callable[[int, int], None] | None = None,
     ) -> None:
         self._run = run

@@ -52,7 +52,7 @@ class Lanes:
     """Per-priority FIFO lanes; `pop` serves higher lanes first within the starvation bound."""
 
     def __init__(
-        self, *, enabled: bool = True, max_wait_s: float = 0.05, clock: Clock = time.monotonic
+        self, *, enabled: bool = True, max_wait_s: float = 0.5, clock: Clock = time.monotonic
     ) -> None:
         self.enabled = enabled
         self.max_wait_s = max_wait_s
