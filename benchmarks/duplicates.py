@@ -271,7 +271,8 @@ def readme_section(result: dict[str, Any] | None) -> str:
         body = (
             f"`make bench-duplicates` on {m['cpus']} CPUs, model {m['model']}, {m['sets']} server "
             f"sets x {m['rounds']} alternating rounds x {m['seconds']:.0f} s per server and "
-            "workload. `off2` is a second `off` server (A/A): its ratio is the noise floor. "
+            "workload. Servers: `off` (DEDUP=off), `off2` (the same: A/A, its ratio is the noise "
+            "floor), `dedup` (DEDUP=on), `cache` (DEDUP=on, CACHE_SIZE=4096, guard off). "
             "`shared`: texts answered by another text's computation; `cache hits`: by the cache."
             "\n\n" + render(result)
         )
