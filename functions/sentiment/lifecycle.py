@@ -66,8 +66,10 @@ async def load_model(state: AppState) -> None:
         for wait in stats.queue_waits:
             m.queue_wait.labels(s.variant).observe(wait)
 
+    expired = [m.deadline_exceeded.labels(name, s.variant) for name in LANE_NAMES]  # 0 at start
+
     def on_expired(texts: int, lane: int) -> None:
-        m.deadline_exceeded.labels(LANE_NAMES[lane], s.variant).inc(texts)
+        expired[lane].inc(texts)
 
     batcher = Batcher(
         classifier.run,
