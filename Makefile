@@ -185,6 +185,7 @@ playground-screenshot: $(STAMP) tools ## The playground in headless Chromium -> 
 REGRESSION_BASE ?= 15f4623
 bench-regression: $(STAMP) ## Plain /predict, working tree vs REGRESSION_BASE (git rev) with an A/A control -> docs/regression.json (~3 min)
 	$(PYTHON) -m benchmarks.regression --base $(REGRESSION_BASE)
+	$(PYTHON) -m scripts.readme_perf --write
 
 bench-peers: $(STAMP) ## Peers side by side on the same ONNX model -> docs/peers.{json,md}, charts, README (~20 min)
 	$(PYTHON) -m benchmarks.peers.run

@@ -4,7 +4,8 @@
     python -m scripts.readme_perf --write    # replace it in README.md (between the markers)
 
 Sources, each written by one command: docs/peers.json (`make bench-peers`), docs/capacity.json
-(`make capacity`) and docs/coldstart.json (`make coldstart`). No figure is typed by hand:
+(`make capacity`), docs/coldstart.json (`make coldstart`) and docs/regression.json
+(`make bench-regression`). No figure is typed by hand:
 tests/test_readme_perf.py fails when the README's section differs from what this prints.
 """
 
@@ -97,6 +98,23 @@ def _capacity(cap: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def _regression(reg: Mapping[str, Any]) -> list[str]:
+    checks = []
+    for level, v in reg["verdict"].items():
+        what = "p50" if v["metric"] == "p50_ms" else "throughput"
+        found = "a MEASURABLE slowdown" if v["slowdown"] else "no measurable slowdown"
+        checks.append(
+            f"c={level} {what} {v['head_vs_base']:.3f}x the base's, A/A band "
+            f"+-{v['aa_band']:.3f}: {found}"
+        )
+    return [
+        f"Plain-path check (`make bench-regression`, {reg['sets']} server sets, "
+        f"{reg['rounds']} alternating rounds): the working tree against {reg['base'][:12]} "
+        "(before deadlines, priorities, dedup, monitoring and explanations) on a plain `/predict`, "
+        "read against two identical working-tree servers (A/A): " + "; ".join(checks) + ".",
+    ]
+
+
 def section(docs: Path = DOCS) -> str:
     """The generated block, markers included."""
     parts: list[list[str]] = []
@@ -108,6 +126,8 @@ def section(docs: Path = DOCS) -> str:
         parts.append(["No peer benchmark recorded yet: run `make bench-peers`."])
     if cap := _load("capacity.json", docs):
         parts.append(_capacity(cap))
+    if reg := _load("regression.json", docs):
+        parts.append(_regression(reg))
     body = "\n\n".join("\n".join(_wrap(p)) for p in parts)
     return f"{BEGIN}\n{body}\n{END}"
 
