@@ -126,6 +126,20 @@ ROWS: tuple[tuple[str, tuple[Panel, ...]], ...] = (
                 unit="reqps",
             ),
             Panel(
+                "Texts past their deadline by lane (504 deadline_exceeded)",
+                (
+                    q(
+                        f"sum by (variant, priority) "
+                        f"(rate(kubesentiment_deadline_exceeded_total{{{V}}}[{RATE}]))",
+                        "{{variant}} {{priority}}",
+                    ),
+                ),
+                unit="ops",
+                description="Texts never computed because their deadline (X-Request-Timeout, v2 "
+                "parameters.timeout, the CloudEvents deadline or MAX_REQUEST_TIMEOUT_SECONDS) "
+                "passed while queued; per priority lane.",
+            ),
+            Panel(
                 "Error budget burn rate (1h)",
                 (
                     q(
