@@ -35,7 +35,13 @@ from pathlib import Path
 
 import httpx
 
-from loadtests.local import LOOPBACK, ROOT, LocalFunction, StartError, launch, stop, wait_ready
+from loadtests.local import (
+    LOOPBACK,
+    ROOT,
+    LocalFunction,
+    launch_ready,
+    stop,
+)
 
 LEVELS = (1, 8, 32)
 WARMUP_S = 2.0
@@ -93,13 +99,7 @@ def start(
         "MAX_CONCURRENCY": "256",
         **extra_env,
     }
-    server = launch(env, log_path=log_dir / f"batching-{name}.log")
-    try:
-        wait_ready(server)
-    except StartError as e:
-        stop(server)
-        raise SystemExit(str(e)) from e
-    return server
+    return launch_ready(env, log_path=log_dir / f"batching-{name}.log")
 
 
 def batch_totals(metrics: str) -> tuple[float, float]:

@@ -43,7 +43,14 @@ from typing import Any
 import httpx
 
 from benchmarks.batching import _ENDINGS, _MIDDLES, _OPENERS, Connection, order
-from loadtests.local import LOOPBACK, ROOT, LocalFunction, StartError, launch, stop, wait_ready
+from loadtests.local import (
+    LOOPBACK,
+    ROOT,
+    LocalFunction,
+    launch_ready,
+    stop,
+)
+from scripts import readme_blocks
 
 RESULTS = ROOT / "docs" / "duplicates.json"
 QUICK_RESULTS = ROOT / "build" / "duplicates-quick.json"
@@ -162,7 +169,7 @@ def start_server(
     name: str, env: dict[str, str], log_dir: Path, extra: dict[str, str]
 ) -> LocalFunction:
     """One function, ready; SystemExit with its log tail if it is not."""
-    server = launch(
+    return launch_ready(
         {
             "HOST": LOOPBACK,
             "LOG_LEVEL": "warning",
@@ -176,12 +183,6 @@ def start_server(
         },
         log_path=log_dir / f"duplicates-{name}.log",
     )
-    try:
-        wait_ready(server)
-    except StartError as e:
-        stop(server)
-        raise SystemExit(str(e)) from e
-    return server
 
 
 def run(sets: int, rounds: int, seconds: float, extra: dict[str, str]) -> dict[str, Any]:
@@ -281,12 +282,7 @@ def readme_section(result: dict[str, Any] | None) -> str:
 
 def write_readme(result: dict[str, Any] | None, readme: Path = ROOT / "README.md") -> None:
     """Replace the section between the markers in the README."""
-    text = readme.read_text()
-    head, _, rest = text.partition(BEGIN)
-    _, _, tail = rest.partition(END)
-    if not rest:
-        raise SystemExit(f"README.md has no {BEGIN!r} ... {END!r} section")
-    readme.write_text(head + readme_section(result) + tail)
+    readme_blocks.replace(readme_section(result), BEGIN, END, readme)
 
 
 def main(argv: list[str] | None = None, *, now: Callable[[], float] = time.time) -> None:

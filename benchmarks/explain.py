@@ -35,6 +35,7 @@ import httpx
 
 from functions.sentiment import explain
 from loadtests.local import ROOT, running
+from scripts import readme_blocks
 from shared.cpu import available_cpus
 
 TEXTS = ROOT / "benchmarks" / "texts.json"
@@ -262,12 +263,7 @@ def readme_section(result: dict[str, Any]) -> str:
 
 def write_readme(result: dict[str, Any], readme: Path = ROOT / "README.md") -> None:
     """Replace the section between the markers in the README."""
-    text = readme.read_text()
-    head, _, rest = text.partition(BEGIN)
-    _, found, tail = rest.partition(END)
-    if not found:
-        raise SystemExit(f"README.md has no {BEGIN!r} ... {END!r} section")
-    readme.write_text(head + readme_section(result) + tail)
+    readme_blocks.replace(readme_section(result), BEGIN, END, readme)
 
 
 def main(argv: list[str] | None = None) -> None:

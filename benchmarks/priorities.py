@@ -36,7 +36,14 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.batching import Connection, order, sample_texts
-from loadtests.local import LOOPBACK, ROOT, LocalFunction, StartError, launch, stop, wait_ready
+from loadtests.local import (
+    LOOPBACK,
+    ROOT,
+    LocalFunction,
+    launch_ready,
+    stop,
+)
+from scripts import readme_blocks
 
 RESULTS = ROOT / "docs" / "priorities.json"
 QUICK_RESULTS = ROOT / "build" / "priorities-quick.json"
@@ -138,16 +145,10 @@ def start_server(
     name: str, env: dict[str, str], log_dir: Path, extra: dict[str, str]
 ) -> LocalFunction:
     """One function, ready; SystemExit with its log tail if it is not."""
-    server = launch(
+    return launch_ready(
         {"HOST": LOOPBACK, "LOG_LEVEL": "warning", "LOG_FORMAT": "text", **env, **extra},
         log_path=log_dir / f"priorities-{name}.log",
     )
-    try:
-        wait_ready(server)
-    except StartError as e:
-        stop(server)
-        raise SystemExit(str(e)) from e
-    return server
 
 
 def run(
@@ -246,12 +247,7 @@ def readme_section(result: dict[str, Any] | None) -> str:
 
 def write_readme(result: dict[str, Any] | None, readme: Path = ROOT / "README.md") -> None:
     """Replace the section between the markers in the README."""
-    text = readme.read_text()
-    head, _, rest = text.partition(BEGIN)
-    _, _, tail = rest.partition(END)
-    if not rest:
-        raise SystemExit(f"README.md has no {BEGIN!r} ... {END!r} section")
-    readme.write_text(head + readme_section(result) + tail)
+    readme_blocks.replace(readme_section(result), BEGIN, END, readme)
 
 
 def main(argv: list[str] | None = None, *, now: Callable[[], float] = time.time) -> None:

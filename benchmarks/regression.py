@@ -27,7 +27,13 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.batching import Sample, measure_level, order, sample_texts
-from loadtests.local import LOOPBACK, ROOT, LocalFunction, StartError, launch, stop, wait_ready
+from loadtests.local import (
+    LOOPBACK,
+    ROOT,
+    LocalFunction,
+    launch_ready,
+    stop,
+)
 
 LEVELS = (1, 32)
 WARMUP_S = 2.0
@@ -58,13 +64,7 @@ def start(tree: Path, model_dir: Path, log_dir: Path, name: str) -> LocalFunctio
         # The source tree must come from `cwd`, not from an inherited path.
         "PYTHONPATH": str(tree),
     }
-    server = launch(env, log_path=log_dir / f"regression-{name}.log", cwd=tree)
-    try:
-        wait_ready(server)
-    except StartError as e:
-        stop(server)
-        raise SystemExit(str(e)) from e
-    return server
+    return launch_ready(env, log_path=log_dir / f"regression-{name}.log", cwd=tree)
 
 
 def pooled(samples: list[Sample]) -> dict[str, float]:

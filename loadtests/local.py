@@ -141,6 +141,18 @@ def wait_ready(function: LocalFunction, timeout_s: float = 90.0) -> None:
     raise StartError(f"not ready after {timeout_s:.0f} s:\n{function.log_tail()}")
 
 
+def launch_ready(env: Mapping[str, str], *, log_path: Path, cwd: Path = ROOT) -> LocalFunction:
+    """`launch` and `wait_ready` for a benchmark: the function, ready, or it is stopped and the
+    run ends (SystemExit) with its log tail."""
+    function = launch(env, log_path=log_path, cwd=cwd)
+    try:
+        wait_ready(function)
+    except StartError as e:
+        stop(function)
+        raise SystemExit(str(e)) from e
+    return function
+
+
 def stop(function: LocalFunction, timeout_s: float = 15.0) -> int:
     """SIGTERM (Knative's shutdown signal), then SIGKILL after `timeout_s`; the exit code."""
     process = function.process

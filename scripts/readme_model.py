@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from scripts import readme_blocks
 from scripts.readme_perf import _wrap
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -143,10 +144,7 @@ def section(models: Path = MODELS, docs: Path = DOCS) -> str:
 
 def current(readme: str) -> str | None:
     """The README's block between the markers, markers included (None when absent)."""
-    start, end = readme.find(BEGIN), readme.find(END)
-    if start < 0 or end < start:
-        return None
-    return readme[start : end + len(END)]
+    return readme_blocks.current(readme, BEGIN, END)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -157,12 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.write:
         print(block)
         return 0
-    path = ROOT / "README.md"
-    readme = path.read_text()
-    old = current(readme)
-    if old is None:
-        raise SystemExit(f"README.md has no {BEGIN!r} ... {END!r} block")
-    path.write_text(readme.replace(old, block))
+    readme_blocks.replace(block, BEGIN, END, ROOT / "README.md")
     return 0
 
 

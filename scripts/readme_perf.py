@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.peers.report import OURS, table, targets
+from scripts import readme_blocks
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -147,10 +148,7 @@ def _wrap(lines: list[str], width: int = 100) -> list[str]:
 
 def current(readme: str) -> str | None:
     """The README's block between the markers, markers included (None when absent)."""
-    start, end = readme.find(BEGIN), readme.find(END)
-    if start < 0 or end < start:
-        return None
-    return readme[start : end + len(END)]
+    return readme_blocks.current(readme, BEGIN, END)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -161,12 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.write:
         print(block)
         return 0
-    path = ROOT / "README.md"
-    readme = path.read_text()
-    old = current(readme)
-    if old is None:
-        raise SystemExit(f"README.md has no {BEGIN!r} ... {END!r} block")
-    path.write_text(readme.replace(old, block))
+    readme_blocks.replace(block, BEGIN, END, ROOT / "README.md")
     return 0
 
 
