@@ -17,7 +17,7 @@ import torch
 from tokenizers import Tokenizer
 
 from training import data
-from training.modeling import MeanPoolingBertForSequenceClassification
+from training.modeling import MeanPoolingBertForSequenceClassification, padded
 
 GRID = np.round(np.arange(-1.5, 1.5001, 0.05), 2)
 
@@ -36,13 +36,7 @@ def logits_of(
     with torch.no_grad():
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
-            enc = tokenizer.encode_batch([examples[i].text for i in idx])
-            width = max(len(e.ids) for e in enc)
-            ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(idx), width), dtype=torch.long)
-            for row, e in enumerate(enc):
-                ids[row, : len(e.ids)] = torch.tensor(e.ids)
-                mask[row, : len(e.ids)] = 1
+            ids, mask = padded(tokenizer.encode_batch([examples[i].text for i in idx]), pad_id)
             out[idx] = model(input_ids=ids, attention_mask=mask).logits.numpy()
     return out
 

@@ -89,53 +89,36 @@ def polarity(scores: Sequence[float]) -> list[int]:
     return [2 if s > 0 else 0 for s in scores]
 
 
+def figures(gold: Sequence[int], pred: Sequence[int]) -> dict[str, Any]:
+    """Rows, accuracy and macro-F1 of one prediction list against its gold labels."""
+    return {"n": len(gold), "accuracy": accuracy(gold, pred), "macro_f1": macro_f1(gold, pred)}
+
+
 def evaluate(scorer: Scorer) -> dict[str, Any]:
     """Every held-out figure for one scorer."""
     out: dict[str, Any] = {}
     movie = data.movie_reviews()
     _, ms = scorer([e.text for e in movie])
-    mg = [e.label for e in movie]
     out["movie_binary"] = {
-        "n": len(movie),
-        "accuracy": accuracy(mg, polarity(ms)),
-        "macro_f1": macro_f1(mg, polarity(ms)),
+        **figures([e.label for e in movie], polarity(ms)),
         "pearson": float(np.corrcoef(ms, [e.rating for e in movie])[0, 1]),
     }
     hutto = data.hutto("test")
     hl, hs = scorer([e.text for e in hutto])
     hg = [e.label for e in hutto]
-    out["hutto_3class"] = {
-        "n": len(hutto),
-        "accuracy": accuracy(hg, hl),
-        "macro_f1": macro_f1(hg, hl),
-    }
+    out["hutto_3class"] = figures(hg, hl)
     polar = [i for i, g in enumerate(hg) if g != 1]
-    pg, pp = [hg[i] for i in polar], polarity([hs[i] for i in polar])
-    out["hutto_binary"] = {
-        "n": len(polar),
-        "accuracy": accuracy(pg, pp),
-        "macro_f1": macro_f1(pg, pp),
-    }
+    out["hutto_binary"] = figures([hg[i] for i in polar], polarity([hs[i] for i in polar]))
     out["hutto_pearson"] = {
         "n": len(hutto),
         "pearson": float(np.corrcoef(hs, [e.rating for e in hutto])[0, 1]),
     }
     rt = data.rotten_tomatoes_test()
     _, rs = scorer([e.text for e in rt])
-    rg = [e.label for e in rt]
-    out["rt_binary"] = {
-        "n": len(rt),
-        "accuracy": accuracy(rg, polarity(rs)),
-        "macro_f1": macro_f1(rg, polarity(rs)),
-    }
+    out["rt_binary"] = figures([e.label for e in rt], polarity(rs))
     cf = data.crowdflower("test")
     cl, _ = scorer([e.text for e in cf])
-    cg = [e.label for e in cf]
-    out["crowdflower_3class"] = {
-        "n": len(cf),
-        "accuracy": accuracy(cg, cl),
-        "macro_f1": macro_f1(cg, cl),
-    }
+    out["crowdflower_3class"] = figures([e.label for e in cf], cl)
     return out
 
 

@@ -58,14 +58,13 @@ def figures(
     scorer: Callable[[list[str]], tuple[list[int], list[float]]],
     rows: list[data.Example],
     binary: bool,
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """Accuracy and macro-F1 of a scorer on one held-out set."""
-    from training.evaluate import accuracy, macro_f1, polarity
+    from training import evaluate
 
     labels, scores = scorer([e.text for e in rows])
-    pred = polarity(scores) if binary else labels
-    gold = [e.label for e in rows]
-    return {"n": len(rows), "accuracy": accuracy(gold, pred), "macro_f1": macro_f1(gold, pred)}
+    pred = evaluate.polarity(scores) if binary else labels
+    return evaluate.figures([e.label for e in rows], pred)
 
 
 def train_without(

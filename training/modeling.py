@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tokenizers import Encoding
 from torch import nn
 from transformers import BertConfig, BertModel, BertPreTrainedModel
 from transformers.modeling_outputs import SequenceClassifierOutput
@@ -109,3 +110,14 @@ def trainable_above(layers: int) -> Callable[[str], bool]:
     """A `fit` parameter filter: the embeddings and the lowest `layers` encoder layers frozen."""
     frozen = ("bert.embeddings.", *(f"bert.encoder.layer.{i}." for i in range(layers)))
     return lambda name: not name.startswith(frozen)
+
+
+def padded(encodings: list[Encoding], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Input ids padded to the longest encoding, and the attention mask."""
+    width = max(len(e.ids) for e in encodings)
+    ids = torch.full((len(encodings), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(encodings), width), dtype=torch.long)
+    for row, e in enumerate(encodings):
+        ids[row, : len(e.ids)] = torch.tensor(e.ids)
+        mask[row, : len(e.ids)] = 1
+    return ids, mask

@@ -38,6 +38,7 @@ from training.modeling import (
     FROZEN,
     MeanPoolingBertForSequenceClassification,
     from_base,
+    padded,
     save_trained,
 )
 
@@ -139,13 +140,7 @@ def fit(
         for batch in epoch_batches:
             if step >= total:
                 break
-            enc = tokenizer.encode_batch([e.text for e in batch])
-            width = max(len(e.ids) for e in enc)
-            ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, e in enumerate(enc):
-                ids[row, : len(e.ids)] = torch.tensor(e.ids)
-                mask[row, : len(e.ids)] = 1
+            ids, mask = padded(tokenizer.encode_batch([e.text for e in batch]), pad_id)
             labels = torch.tensor([e.label for e in batch])
             out = model(input_ids=ids, attention_mask=mask, labels=labels)
             loss = out.loss
