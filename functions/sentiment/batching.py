@@ -37,57 +37,18 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
-
-import numpy as np
 
 from functions.sentiment.lanes import NORMAL, Lanes, expired, settle
 from functions.sentiment.lanes import RUN_OVERHEAD_TOKENS as RUN_OVERHEAD_TOKENS
 from functions.sentiment.lanes import Item as _Item
 from functions.sentiment.lanes import group_by_length as group_by_length
-
-__all__ = ["RUN_OVERHEAD_TOKENS", "Batcher", "Outcome", "RunStats", "_Item", "group_by_length"]
+from functions.sentiment.outcome import Outcome, Probabilities, RunFn, RunStats, Window
 from shared.errors import DeadlineExceeded, NotReady, Overloaded
 
+__all__ = ["RUN_OVERHEAD_TOKENS", "Batcher", "Outcome", "RunStats", "_Item", "group_by_length"]
+
 log = logging.getLogger("kubesentiment.batching")
-
-Probabilities = np.ndarray[Any, np.dtype[np.float32]]
-Window = Sequence[int]
-RunFn = Callable[[list[Window]], Probabilities]
-
-
-@dataclass(frozen=True)
-class RunStats:
-    """What one ONNX run did, for metrics and tracing (times in ns since the epoch)."""
-
-    size: int
-    width: int
-    queue_waits: tuple[float, ...]
-    seconds: float
-    started_ns: int
-    ended_ns: int
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """A submit's answer: probabilities per text, and when its texts were queued and run."""
-
-    probabilities: list[Probabilities]
-    enqueued_ns: int
-    started_ns: int
-    ended_ns: int
-    batch_size: int
-
-    @property
-    def queue_seconds(self) -> float:
-        """Time from submit to the start of the first run that held one of its texts."""
-        return max(0, self.started_ns - self.enqueued_ns) / 1e9
-
-    @property
-    def inference_seconds(self) -> float:
-        """Time from the first run's start to the last run's end."""
-        return max(0, self.ended_ns - self.started_ns) / 1e9
 
 
 class Batcher:

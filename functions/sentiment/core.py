@@ -24,9 +24,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import Scope
 
 from functions.sentiment import monitoring
-from functions.sentiment.batching import Batcher, Outcome
+from functions.sentiment.batching import Batcher
 from functions.sentiment.context import route_template, timings
 from functions.sentiment.lanes import NORMAL, settle
+from functions.sentiment.outcome import Outcome
 from shared.config import Settings
 from shared.errors import ApiError, DeadlineExceeded, InternalError, NotReady, Overloaded
 from shared.logs import request_id_var

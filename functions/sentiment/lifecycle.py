@@ -29,9 +29,10 @@ from concurrent.futures import Future
 from starlette.concurrency import run_in_threadpool
 
 from functions.sentiment import dedup, preload
-from functions.sentiment.batching import Batcher, RunStats
+from functions.sentiment.batching import Batcher
 from functions.sentiment.core import AppState
 from functions.sentiment.lanes import LANE_NAMES
+from functions.sentiment.outcome import RunStats
 from shared.vault import SecretError
 
 log = logging.getLogger("kubesentiment.app")
