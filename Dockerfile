@@ -8,9 +8,12 @@
 #   BASE_IMAGE       base of the cpu target; with no registry reachable, scripts/build_image.sh
 #                    makes one with debootstrap and passes it here.
 #   CUDA_BASE_IMAGE  base of the gpu target.
-#   VARIANT          variant name reported by the function (cpu-int8 | cpu-fp32 | gpu-fp16).
-#   MODEL_DIR        model directory to bake in, relative to the repository root. The fp16
-#                    directory is not committed: `make fp16` generates it from the fp32 one.
+#   VARIANT          variant name reported by the function (cpu-int8 | cpu-fp32 |
+#                    cpu-accurate-int8 | gpu-fp16).
+#   MODEL_DIR        model directory to bake in, relative to the repository root. The accurate
+#                    model's directories (models/mpnet-sentiment-*) are not committed: `make
+#                    accurate` builds the int8 one (cpu-accurate-int8, `make image-accurate`) and
+#                    `make accurate-fp16` the fp16 one the gpu target serves.
 #   PIP_CERT         CA bundle pip trusts while building (defaults to the base's system bundle).
 #
 # The model is copied into the image, never downloaded at start: model download dominates cold
@@ -101,7 +104,8 @@ RUN python3.11 -m venv /opt/venv \
 # gpu: CUDA execution provider first, CPU as the fallback for unsupported nodes or a missing GPU.
 FROM gpu-base AS gpu
 ARG VARIANT=gpu-fp16
-ARG MODEL_DIR=models/minilm-sentiment-fp16
+# The accurate (larger) model: a GPU pays off on it, not on MiniLM.
+ARG MODEL_DIR=models/mpnet-sentiment-fp16
 LABEL org.opencontainers.image.title="kubesentiment" \
       org.opencontainers.image.description="Sentiment analysis function (Starlette + ONNX Runtime, CUDA)" \
       org.opencontainers.image.licenses="Apache-2.0" \

@@ -3,8 +3,9 @@
     python -m benchmarks.capacity            # full: docs/capacity.json + docs/capacity.md
     python -m benchmarks.capacity --quick    # short levels, same outputs (marked "quick")
 
-For each CPU variant served by a Knative Service in knative/base (int8, fp32) and each core count
-(1 and 2), our function is started with its CPU limited the way a pod's is: a CFS quota
+For each CPU variant served by a Knative Service in knative/base (int8, fp32, and accurate-int8
+once `make accurate` has built its model) and each core count (1 and 2), our function is
+started with its CPU limited the way a pod's is: a CFS quota
 (cgroup v1 `cpu.cfs_quota_us` or v2 `cpu.max`, as the kubelet sets from `limits.cpu`) when this
 machine lets us create a cgroup, else CPU affinity; ORT_INTRA_OP_THREADS equals the cores, as in
 the manifests. The benchmark's text mix is sent at increasing concurrency by the peer benchmark's
@@ -33,6 +34,7 @@ import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from contextlib import suppress
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -58,17 +60,36 @@ def services(knative: Path = KNATIVE) -> dict[str, dict[str, Any]]:
         container = spec["containers"][0]
         env = {e["name"]: e.get("value") for e in container.get("env", [])}
         limits = container["resources"]["limits"]
-        memory = str(limits["memory"])
         out[env["VARIANT"]] = {
             "file": str(path.relative_to(ROOT)),
             "model_dir": env["MODEL_DIR"],
             "cpu": float(limits["cpu"]),
-            "memory_gib": float(memory.removesuffix("Gi")) if memory.endswith("Gi") else 1.0,
+            "memory_gib": gib(str(limits["memory"])),
             "container_concurrency": spec["containerConcurrency"],
             "target": int(doc["spec"]["template"]["metadata"]["annotations"][
                 "autoscaling.knative.dev/target"]),
         }  # fmt: skip
     return out
+
+
+def gib(quantity: str) -> float:
+    """A Kubernetes memory quantity in Gi or Mi (what the manifests use) as GiB."""
+    for suffix, per_gib in (("Gi", 1), ("Mi", 1024)):
+        if quantity.endswith(suffix):
+            return float(quantity.removesuffix(suffix)) / per_gib
+    raise ValueError(f"memory {quantity!r}: expected a quantity in Gi or Mi")
+
+
+def system_for(variant: str, model_dir: Path, ours: Mapping[str, System]) -> System | None:
+    """Our function serving `model_dir`: a peer-benchmark system, or one made like it when the
+    directory is built but no benchmark knows it (cpu-accurate-int8); None when not built."""
+    if model_dir.name in ours:
+        return ours[model_dir.name]
+    if not (model_dir / "manifest.json").is_file():
+        return None
+    like = next(iter(ours.values()))
+    env = {**like.env, "MODEL_DIR": str(model_dir), "VARIANT": variant}
+    return replace(like, key=f"kubesentiment-{variant}", model=model_dir, env=env)
 
 
 def plan(
@@ -257,7 +278,10 @@ def main(argv: list[str] | None = None) -> int:
     limits = set()
     with tempfile.TemporaryDirectory(prefix="capacity-") as tmp:
         for variant, service in svc.items():
-            system = ours[Path(service["model_dir"]).name]
+            system = system_for(variant, ROOT / service["model_dir"], ours)
+            if system is None:  # its manifest keeps hand-picked values (and says so)
+                print(f"{variant}: {service['model_dir']} is not built, not measured", flush=True)
+                continue
             for cores in args.cores:
                 print(f"{variant} at {cores} core(s) ...", flush=True)
                 measured = measure(system, cores, s, args, sample, Path(tmp))

@@ -29,6 +29,8 @@ LOOPBACK = "127.0.0.1"
 VARIANTS: Mapping[str, Path] = {
     "cpu-int8": ROOT / "models" / "minilm-sentiment-int8",
     "cpu-fp32": ROOT / "models" / "minilm-sentiment-fp32",
+    # Built by `make accurate`, not committed.
+    "cpu-accurate-int8": ROOT / "models" / "mpnet-sentiment-int8",
 }
 
 

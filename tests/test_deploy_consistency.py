@@ -24,10 +24,18 @@ DOCKERFILE = ROOT / "Dockerfile"
 VARIANTS = {
     "cpu-int8": "models/minilm-sentiment-int8",
     "cpu-fp32": "models/minilm-sentiment-fp32",
-    "gpu-fp16": "models/minilm-sentiment-fp16",
+    "cpu-accurate-int8": "models/mpnet-sentiment-int8",
+    "gpu-fp16": "models/mpnet-sentiment-fp16",
 }
-GENERATED = {"gpu-fp16": "models/minilm-sentiment-fp32"}  # variant -> committed source dir
+# Built, not committed (too large): variant -> (make target, committed checkpoint it is built
+# from). tests/test_deploy_variants.py checks the Makefile, .gitignore and the image workflow.
+ACCURATE_CHECKPOINT = "models/mpnet-sentiment-checkpoint"
+GENERATED = {
+    "cpu-accurate-int8": ("accurate", ACCURATE_CHECKPOINT),
+    "gpu-fp16": ("accurate-fp16", ACCURATE_CHECKPOINT),
+}
 MODEL_FILES = ("model.onnx", "tokenizer.json", "manifest.json")
+CHECKPOINT_FILES = ("trained.safetensors", "training.json")  # training/accurate.py save()
 # Knative sets these itself and rejects a revision that sets them (runtime contract).
 KNATIVE_RESERVED = {"PORT", "K_SERVICE", "K_CONFIGURATION", "K_REVISION"}
 REQUEST_TYPE = "dev.kubesentiment.sentiment.requested"
@@ -137,29 +145,14 @@ def test_model_directory_exists_or_is_generated(service: dict[str, Any]) -> None
     variant = service["metadata"]["labels"]["kubesentiment.dev/variant"]
     model_dir = ROOT / env_of(service)["MODEL_DIR"]
     if variant in GENERATED:
-        # Not committed: `make fp16` exports it from the fp32 directory before the GPU build.
-        source = ROOT / GENERATED[variant]
-        for name in MODEL_FILES:
-            assert (source / name).is_file(), f"{source / name} is missing"
+        # Not committed: `make accurate` / `make accurate-fp16` build it from the checkpoint.
+        target, checkpoint = GENERATED[variant]
+        for name in CHECKPOINT_FILES:
+            path = ROOT / checkpoint / name
+            assert path.is_file(), f"{path} is missing: `make {target}` builds {model_dir} from it"
         return
     for name in MODEL_FILES:
         assert (model_dir / name).is_file(), f"{model_dir / name} is missing"
-
-
-def test_fp16_directory_is_generated_by_the_makefile() -> None:
-    makefile = ROOT / "Makefile"
-    if not makefile.is_file():
-        pytest.skip("no Makefile yet: the fp16 export target cannot be checked")
-    text = makefile.read_text(encoding="utf-8").replace("\\\n", " ")
-    for name, value in re.findall(r"^(\w+)\s*:?=\s*(\S+)\s*$", text, flags=re.M):
-        text = text.replace(f"$({name})", value)
-    recipe = re.search(r"^fp16:.*\n((?:\t.*\n?)+)", text, flags=re.M)
-    assert recipe, "no fp16 target in the Makefile"
-    commands = " ".join(recipe.group(1).split())
-    assert "training.export fp16" in commands
-    assert f"--src {GENERATED['gpu-fp16']}" in commands
-    assert f"--out {VARIANTS['gpu-fp16']}" in commands
-    assert (ROOT / "training" / "export.py").is_file()
 
 
 @pytest.mark.parametrize("service", service_ids())

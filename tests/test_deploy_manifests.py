@@ -209,15 +209,40 @@ def test_core_kinds_are_checked_strictly() -> None:
     assert schemas.validate(config_map) != []
 
 
+FUNCTIONS = (
+    "sentiment-cpu-int8",
+    "sentiment-cpu-fp32",
+    "sentiment-cpu-accurate-int8",
+    "sentiment-gpu-fp16",
+)
+
+
 def test_every_overlay_renders_every_variant_and_the_eventing() -> None:
     for target in OVERLAYS:
         kinds = {(d["kind"], d["metadata"]["name"]) for d in render(target)}
-        for name in ("sentiment-cpu-int8", "sentiment-cpu-fp32", "sentiment-gpu-fp16"):
+        for name in FUNCTIONS:
             assert ("Service", name) in kinds, (target, name)
+            assert ("ServiceAccount", name) in kinds, (target, name)
         assert ("Broker", "default") in kinds
         assert ("ConfigMap", "config-features") in kinds
-        assert sum(kind == "Trigger" for kind, _ in kinds) == 7
+        # One per variant, the default (no `variant`), results, batch requests and batch results.
+        assert sum(kind == "Trigger" for kind, _ in kinds) == len(FUNCTIONS) + 4
         assert ("JobSink", "sentiment-batch") in kinds
         assert ("PersistentVolumeClaim", "sentiment-batch-data") in kinds
         assert ("ServiceAccount", "sentiment-batch") in kinds
         assert sum(kind == "NetworkPolicy" for kind, _ in kinds) == 4
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS[1:])
+def test_every_overlay_tags_every_function_image_and_bounds_its_scale(overlay: str) -> None:
+    base = {d["metadata"]["name"]: d for d in render("base") if d["kind"] == "Service"}
+    for doc in render(overlay):
+        name = doc["metadata"]["name"]
+        if doc["kind"] != "Service" or name not in FUNCTIONS:
+            continue
+        image = doc["spec"]["template"]["spec"]["containers"][0]["image"]
+        assert not image.endswith(":latest"), f"{overlay} sets no image tag for {name}"
+        annotations = doc["spec"]["template"]["metadata"]["annotations"]
+        before = base[name]["spec"]["template"]["metadata"]["annotations"]
+        key = "autoscaling.knative.dev/max-scale"
+        assert annotations[key] != before[key], f"{overlay} does not patch {name}'s max-scale"

@@ -190,7 +190,12 @@ def test_vault_roles_match_the_function_service_accounts() -> None:
     variables = (TERRAFORM / "modules" / "vault" / "variables.tf").read_text(encoding="utf-8")
     manifests = (ROOT / "knative" / "base" / "serviceaccounts.yaml").read_text(encoding="utf-8")
     accounts = set(re.findall(r"name: (sentiment-[\w-]+)", manifests))
-    assert accounts == {"sentiment-cpu-int8", "sentiment-cpu-fp32", "sentiment-gpu-fp16"}
+    assert accounts == {
+        "sentiment-cpu-int8",
+        "sentiment-cpu-fp32",
+        "sentiment-cpu-accurate-int8",
+        "sentiment-gpu-fp16",
+    }
     for account in accounts:
         assert f'"{account}"' in variables
 

@@ -20,7 +20,7 @@ CANARY_PERCENT=${CANARY_PERCENT:-10}
 CANARY_BAKE_SECONDS=${CANARY_BAKE_SECONDS:-600}
 ERROR_BUDGET=${ERROR_BUDGET:-0.005}
 PYTHON=${PYTHON:-python3}
-SERVICES=(sentiment-cpu-int8 sentiment-cpu-fp32 sentiment-gpu-fp16)
+SERVICES=(sentiment-cpu-int8 sentiment-cpu-fp32 sentiment-cpu-accurate-int8 sentiment-gpu-fp16)
 
 overlay="knative/overlays/${ENVIRONMENT}"
 [[ -d $overlay ]] || { echo "no overlay $overlay" >&2; exit 2; }

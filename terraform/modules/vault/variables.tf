@@ -35,7 +35,7 @@ variable "namespace" {
 variable "function_service_accounts" {
   description = "Service accounts of the functions; each gets a Vault role of the same name (VAULT_ROLE)."
   type        = set(string)
-  default     = ["sentiment-cpu-int8", "sentiment-cpu-fp32", "sentiment-gpu-fp16"]
+  default     = ["sentiment-cpu-int8", "sentiment-cpu-fp32", "sentiment-cpu-accurate-int8", "sentiment-gpu-fp16"]
 }
 
 variable "token_ttl_seconds" {
