@@ -2,7 +2,7 @@
 
 The variants (tests/test_deploy_consistency.py VARIANTS: name -> MODEL_DIR of its Knative
 Service) appear in the image workflow's matrix, the release script, the local load-test launcher
-and the Makefile's image targets. The accurate model's directories are too large for git: the
+and the Makefile's image targets; the Grafana dashboard takes them from the metrics. The accurate model's directories are too large for git: the
 Makefile builds them from the committed checkpoint (`make accurate`, `make accurate-fp16`),
 .gitignore keeps them out, and the image workflow builds them before the image that bakes them
 in. Nothing is run here: `make -n` prints the recipes.
@@ -10,6 +10,7 @@ in. Nothing is run here: `make -n` prints the recipes.
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 from functools import cache
@@ -163,3 +164,15 @@ def test_local_load_test_variants_serve_the_services_model_dirs() -> None:
     assert "cpu-accurate-int8" in LOCAL
     for variant, path in LOCAL.items():
         assert path == ROOT / VARIANTS[variant], variant
+
+
+def test_the_dashboard_lists_every_variant_that_reports_metrics() -> None:
+    # The variant picker is a label_values query, so a new variant needs no dashboard edit; a
+    # panel that names a variant must name one that exists.
+    dashboard = json.loads((ROOT / "observability" / "grafana" / "kubesentiment.json").read_text())
+    picker = next(v for v in dashboard["templating"]["list"] if v["name"] == "variant")
+    assert picker["type"] == "query"
+    assert picker["definition"].startswith("label_values(")
+    assert picker["definition"].endswith(", variant)")
+    named = set(re.findall(r"\b(?:cpu|gpu)-[a-z0-9-]+\b", json.dumps(dashboard)))
+    assert named <= set(VARIANTS)
