@@ -123,10 +123,10 @@ class Row:
     rating: float | None
 
 
-def tokenizer(max_tokens: int) -> Any:
+def tokenizer(max_tokens: int, base: Path | None = None) -> Any:
     from training.train import training_tokenizer
 
-    return training_tokenizer(base_dir() / "tokenizer.json", max_tokens)
+    return training_tokenizer((base or base_dir()) / "tokenizer.json", max_tokens)
 
 
 def pool(recipe: dict[str, Any], rows: int) -> list[data.Example]:
@@ -143,13 +143,18 @@ def pool(recipe: dict[str, Any], rows: int) -> list[data.Example]:
     return random.Random(SEED).sample(unique, min(rows, len(unique)))
 
 
-def build_cache(examples: list[data.Example], frozen: int, batch_size: int = 32) -> list[Row]:
+def build_cache(
+    examples: list[data.Example], frozen: int, batch_size: int = 32, base: Path | None = None
+) -> list[Row]:
     """Run the frozen part once over `examples` (length-sorted batches)."""
     from training.modeling import padded
 
-    tok = tokenizer(TRAIN_MAX_TOKENS)
+    base = base or base_dir()
+    tok = tokenizer(TRAIN_MAX_TOKENS, base)
     pad_id = tok.token_to_id("<pad>")
-    model = MeanPoolingMPNet(base_dir(), data.LABELS).eval()
+    if pad_id is None:
+        pad_id = tok.token_to_id("[PAD]")
+    model = MeanPoolingMPNet(base, data.LABELS).eval()
     encodings = tok.encode_batch([e.text for e in examples])
     order = sorted(range(len(examples)), key=lambda i: len(encodings[i].ids))
     rows: list[Row | None] = [None] * len(examples)
@@ -259,12 +264,12 @@ def save(model: MeanPoolingMPNet, frozen: int, out: Path, info: dict[str, Any]) 
     )
 
 
-def load(checkpoint: Path) -> MeanPoolingMPNet:
+def load(checkpoint: Path, base: Path | None = None) -> MeanPoolingMPNet:
     """The base encoder with the checkpoint's trained parameters."""
     from safetensors.torch import load_file
 
     info = json.loads((checkpoint / "training.json").read_text())
-    model = MeanPoolingMPNet(base_dir(), tuple(info["labels"]))
+    model = MeanPoolingMPNet(base or base_dir(), tuple(info["labels"]))
     state = load_file(str(checkpoint / "trained.safetensors"))
     expected = set(model.trained_names(int(info["frozen_layers"])))
     if set(state) != expected:
@@ -276,18 +281,27 @@ def load(checkpoint: Path) -> MeanPoolingMPNet:
     return model.eval()
 
 
-def export(checkpoint: Path, out: Path, int8: Path | None, version: str) -> None:
-    """fp32 ONNX (parity-checked) and, when asked, the gated int8 model."""
+def export(
+    checkpoint: Path,
+    out: Path,
+    int8: Path | None,
+    version: str,
+    base: Path | None = None,
+    measure: Any = None,
+) -> None:
+    """fp32 ONNX (parity-checked) and, when asked, the int8 model through the quantization gate
+    (`measure`: the gate's held-out sets, the project's by default)."""
     from training.export import derive_int8
     from training.export import export as export_model
     from training.quantgate import derive_int8_gated, project_measure
 
+    base = base or base_dir()
     info = json.loads((checkpoint / "training.json").read_text())
     recipe = {k: v for k, v in info.items() if k != "labels"}
-    model = load(checkpoint)
+    model = load(checkpoint, base)
     export_model(
         model,
-        base_dir() / "tokenizer.json",
+        base / "tokenizer.json",
         out,
         name=NAME,
         version=version,
@@ -298,7 +312,7 @@ def export(checkpoint: Path, out: Path, int8: Path | None, version: str) -> None
     )
     print(f"wrote {out}", flush=True)
     if int8 is not None:
-        manifest = derive_int8_gated(out, int8, project_measure(), derive_int8)
+        manifest = derive_int8_gated(out, int8, measure or project_measure(), derive_int8)
         print(f"wrote {int8}: {json.dumps(manifest.extra.get('quantization_gate'))}", flush=True)
 
 
