@@ -2,10 +2,11 @@
 
 The variants (tests/test_deploy_consistency.py VARIANTS: name -> MODEL_DIR of its Knative
 Service) appear in the image workflow's matrix, the release script, the local load-test launcher
-and the Makefile's image targets; the Grafana dashboard takes them from the metrics. The accurate model's directories are too large for git: the
-Makefile builds them from the committed checkpoint (`make accurate`, `make accurate-fp16`),
-.gitignore keeps them out, and the image workflow builds them before the image that bakes them
-in. Nothing is run here: `make -n` prints the recipes.
+and the Makefile's image targets; the Grafana dashboard takes them from the metrics. The accurate
+model's directories are too large for git: the Makefile builds them from the committed
+checkpoint (`make accurate`, `make accurate-fp16`), .gitignore keeps them out, and the image
+workflow builds them before the image that bakes them in. Nothing is run here: `make -n` prints
+the recipes.
 """
 
 from __future__ import annotations
