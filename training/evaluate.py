@@ -14,7 +14,10 @@ Sets (all held out of training, see training/data.py):
   alternating), each the median of 100 runs after 20 warm-up runs, same threads.
 
 The models run through the serving code (functions.sentiment.model.Classifier), so what is
-measured is what is served. `--write` stores the figures in each model's manifest and model card.
+measured is what is served. `--write` stores the figures in each model's manifest and model card;
+`--record FILE` writes them (with each model's size) to one JSON file, for model directories
+that are built rather than committed (the accurate variant: `make eval-accurate` writes
+docs/accurate_eval.json).
 """
 
 from __future__ import annotations
@@ -167,20 +170,22 @@ def _print_gate(results: dict[str, dict[str, Any]]) -> None:
     # The quantization gate (training/quantgate.py) on these figures: what `make export` enforces.
     from training import quantgate
 
-    def accuracies(suffix: str) -> dict[str, float] | None:
-        r = next((v for k, v in results.items() if k.endswith(suffix)), None)
+    def accuracies(key: str) -> dict[str, float] | None:
+        r = results.get(key)
         if r is None or "movie_binary" not in r:
             return None
         return {
             k: float(v["accuracy"]) for k, v in r.items() if isinstance(v, dict) and "accuracy" in v
         }
 
-    fp32, int8 = accuracies(" fp32"), accuracies(" int8")
-    if fp32 and int8:
-        record = quantgate.check(fp32, int8)
-        verdict = "passed" if record["passed"] else "FAILED"
-        print(f"\nQuantization gate, int8 against fp32 (at most 1 point lost per set): {verdict}")
-        print(quantgate.describe(record))
+    for name in sorted({k.rsplit(" ", 1)[0] for k in results}):
+        fp32, int8 = accuracies(f"{name} fp32"), accuracies(f"{name} int8")
+        if fp32 and int8:
+            record = quantgate.check(fp32, int8)
+            verdict = "passed" if record["passed"] else "FAILED"
+            print(f"\nQuantization gate, {name} int8 against fp32 (at most 1 point lost per set): "
+                  f"{verdict}")  # fmt: skip
+            print(quantgate.describe(record))
 
 
 def _print_lodo(path: Path) -> None:
@@ -202,6 +207,18 @@ def _print_lodo(path: Path) -> None:
           f"{gap:+.1f} points")  # fmt: skip
 
 
+def _print_lodo_accurate(default: Path, accurate: Path) -> None:
+    from training import lodo
+
+    if not (default.exists() and accurate.exists()):
+        return
+    d, a = json.loads(default.read_text()), json.loads(accurate.read_text())
+    print(
+        f"\nAccurate variant, leave-one-domain-out ({accurate}, `make lodo-accurate`, same budget):"
+    )
+    print(lodo.comparison(d, a))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Evaluate model variants on the held-out sets.")
     parser.add_argument(
@@ -216,6 +233,11 @@ def main(argv: list[str] | None = None) -> None:
         "--lodo", type=Path, default=Path("docs/lodo.json"),
         help="leave-one-domain-out results to print (written by `make lodo`)",
     )  # fmt: skip
+    parser.add_argument(
+        "--lodo-accurate", type=Path, default=Path("docs/lodo_accurate.json"),
+        help="the accurate variant's leave-one-domain-out results (`make lodo-accurate`)",
+    )  # fmt: skip
+    parser.add_argument("--record", type=Path, help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
 
     results: dict[str, dict[str, Any]] = {}
@@ -229,6 +251,7 @@ def main(argv: list[str] | None = None) -> None:
         r: dict[str, Any] = {} if args.latency_only else evaluate(onnx_scorer(classifier))
         r["latency_ms_batch1_64"] = float(np.median(lat))
         r["intra_op_threads"] = classifier.threads
+        r["model_mib"] = (directory / classifier.manifest.onnx_file).stat().st_size / 2**20
         results[f"{classifier.manifest.name} {classifier.manifest.precision}"] = r
         print(f"{directory}: {json.dumps(r)}", flush=True)
     if not args.no_vader and not args.latency_only:
@@ -243,6 +266,13 @@ def main(argv: list[str] | None = None) -> None:
     _print_gate(results)
     if not args.latency_only:
         _print_lodo(args.lodo)
+        _print_lodo_accurate(args.lodo, args.lodo_accurate)
+    if args.record:
+        args.record.parent.mkdir(parents=True, exist_ok=True)
+        args.record.write_text(
+            json.dumps({"measured_on": "2 CPU cores", **results}, indent=2) + "\n"
+        )
+        print(f"wrote {args.record}")
     if fp32 and int8:
         print(f"\nint8/fp32 latency ratio at batch 1, 64 tokens: {int8 / fp32:.2f} "
               f"({int8:.2f} ms vs {fp32:.2f} ms)")  # fmt: skip

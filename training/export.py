@@ -61,7 +61,10 @@ class _WithProbabilities(nn.Module):
 def configure_tokenizer(src: Path, max_tokens: int) -> Tokenizer:
     """The fast tokenizer with our settings: truncation at max tokens, pad to the longest only."""
     tok = Tokenizer.from_file(str(src))
-    pad_token = "[PAD]" if tok.token_to_id("[PAD]") is not None else "<pad>"
+    # The tokenizer's own pad token first: MPNet's vocabulary holds BERT's [PAD] too (id 4), but
+    # the model pads with <pad> (id 1).
+    own = tok.padding["pad_token"] if tok.padding else None
+    pad_token = own or ("[PAD]" if tok.token_to_id("[PAD]") is not None else "<pad>")
     pad_id = tok.token_to_id(pad_token)
     if pad_id is None:
         raise ValueError(f"{src}: no [PAD] or <pad> token in the vocabulary")

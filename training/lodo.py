@@ -157,6 +157,47 @@ def table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def comparison(default: dict[str, Any], accurate: dict[str, Any]) -> str:
+    """The accurate variant's LODO beside the default's, on the domains both ran, with the means
+    and the gap in points (`make eval` prints it; the README's model section too)."""
+    names = [n for n in default["domains"] if n in accurate["domains"]]
+    lines = [
+        "| held-out domain | rows | task | default LODO int8 acc | accurate LODO int8 acc "
+        "| accurate macro-F1 | VADER acc |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for n in names:
+        d, a = default["domains"][n], accurate["domains"][n]
+        lines.append(
+            f"| {n} | {a['lodo_int8']['n']:,} | {'binary' if a['binary'] else '3-class'} "
+            f"| {d['lodo_int8']['accuracy']:.3f} | {a['lodo_int8']['accuracy']:.3f} "
+            f"| {a['lodo_int8']['macro_f1']:.3f} | {d['vader']['accuracy']:.3f} |"
+        )
+    means = comparison_means(default, accurate)
+    lines.append(
+        f"| **mean** | | | {means['default']:.3f} | **{means['accurate']:.3f}** | "
+        f"| {means['vader']:.3f} |"
+    )
+    missing = sorted(set(default["domains"]) - set(names))
+    gap = 100 * (means["accurate"] - means["default"])
+    tail = f" (not run: {', '.join(missing)})" if missing else ""
+    return "\n".join(lines) + f"\naccurate - default: {gap:+.1f} points on the LODO mean{tail}"
+
+
+def comparison_means(default: dict[str, Any], accurate: dict[str, Any]) -> dict[str, float]:
+    """Mean LODO accuracy of each over the domains both ran (and VADER's on them)."""
+    names = [n for n in default["domains"] if n in accurate["domains"]]
+
+    def mean(rows: dict[str, Any], key: str) -> float:
+        return float(np.mean([rows[n][key]["accuracy"] for n in names])) if names else float("nan")
+
+    return {
+        "default": mean(default["domains"], "lodo_int8"),
+        "accurate": mean(accurate["domains"], "lodo_int8"),
+        "vader": mean(default["domains"], "vader"),
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
