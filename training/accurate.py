@@ -17,7 +17,7 @@ model through the quantization gate, like the default.
     python -m training.accurate cache              # build/accurate/cache.pt (lower layers, once)
     python -m training.accurate train --out models/mpnet-sentiment-checkpoint
     python -m training.accurate export --checkpoint models/mpnet-sentiment-checkpoint \
-        --out build/accurate/mpnet-sentiment-fp32 --int8 build/accurate/mpnet-sentiment-int8
+        --out models/mpnet-sentiment-fp32 --int8 models/mpnet-sentiment-int8
     python -m training.accurate lodo --out docs/lodo_accurate.json
 """
 
@@ -426,8 +426,8 @@ def main(argv: list[str] | None = None) -> None:
     t.set_defaults(run=cmd_train)
     e = sub.add_parser("export", help="fp32 ONNX and the gated int8 model from a checkpoint")
     e.add_argument("--checkpoint", type=Path, default=Path("models/mpnet-sentiment-checkpoint"))
-    e.add_argument("--out", type=Path, default=Path("build/accurate/mpnet-sentiment-fp32"))
-    e.add_argument("--int8", type=Path, default=Path("build/accurate/mpnet-sentiment-int8"))
+    e.add_argument("--out", type=Path, default=Path("models/mpnet-sentiment-fp32"))
+    e.add_argument("--int8", type=Path, default=Path("models/mpnet-sentiment-int8"))
     e.add_argument("--version", default="1.0.0")
     e.set_defaults(run=cmd_export)
     lo = sub.add_parser("lodo", help="leave-one-domain-out at the default's budget")
