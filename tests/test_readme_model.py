@@ -69,3 +69,29 @@ def test_lodo_table_comes_from_lodo_json(tmp_path: Path) -> None:
     block = section(models, docs)
     assert "| tweets | 100 | 3-class | 0.777 |" in block
     assert "+27.7 points (target +4: met)" in block
+
+    # The accurate variant: its LODO beside the default's on the domains both ran, with the
+    # +2-point verdict, and the per-variant table from docs/accurate_eval.json.
+    assert "run `make lodo-accurate`" in block
+    assert "run `make eval-accurate`" in block
+    accurate = {
+        "protocol": {"epochs": 1.0, "examples_per_run": 8000, "frozen_layers": 10},
+        "domains": {"tweets": {"left_out": ["x"], "binary": False,
+                               "lodo_int8": {**row, "accuracy": 0.790}}},
+    }  # fmt: skip
+    (docs / "lodo_accurate.json").write_text(json.dumps(accurate))
+    block = section(models, docs)
+    assert "| tweets | 100 | 3-class | 0.777 | 0.790 | 0.400 | 0.500 |" in block
+    assert "0.790 against the default's 0.777: +1.3 points (target +2: **missed**)" in block
+    figures = {
+        "movie_binary": {"accuracy": 0.9, "pearson": 0.8}, "hutto_3class": {"accuracy": 0.81},
+        "hutto_binary": {"accuracy": 0.95}, "crowdflower_3class": {"accuracy": 0.82},
+        "rt_binary": {"accuracy": 0.88}, "hutto_pearson": {"pearson": 0.86},
+        "latency_ms_batch1_64": 31.25, "model_mib": 180.4,
+    }  # fmt: skip
+    (docs / "accurate_eval.json").write_text(json.dumps({"mpnet-sentiment int8": figures}))
+    block = section(models, docs)
+    assert (
+        "| cpu-accurate-int8 | all-mpnet-base-v2, int8 | 0.900 | 0.810 | 0.950 | 0.820 | 0.880 "
+        "| 0.860 | 0.790 | 31.25 | 180 |"
+    ) in block
