@@ -291,7 +291,7 @@ def export(
 ) -> None:
     """fp32 ONNX (parity-checked) and, when asked, the int8 model through the quantization gate
     (`measure`: the gate's held-out sets, the project's by default)."""
-    from training.export import derive_int8
+    from training.export import derive_int8_blockwise
     from training.export import export as export_model
     from training.quantgate import derive_int8_gated, project_measure
 
@@ -312,7 +312,7 @@ def export(
     )
     print(f"wrote {out}", flush=True)
     if int8 is not None:
-        manifest = derive_int8_gated(out, int8, measure or project_measure(), derive_int8)
+        manifest = derive_int8_gated(out, int8, measure or project_measure(), derive_int8_blockwise)
         print(f"wrote {int8}: {json.dumps(manifest.extra.get('quantization_gate'))}", flush=True)
 
 
@@ -365,7 +365,7 @@ def cmd_lodo(args: argparse.Namespace) -> None:
     """Leave-one-domain-out at the default's LODO budget (one epoch on `--examples` rows)."""
     from functions.sentiment.model import Classifier
     from training.evaluate import onnx_scorer
-    from training.export import derive_int8
+    from training.export import derive_int8_blockwise
     from training.export import export as export_model
     from training.lodo import DOMAINS, figures
 
@@ -390,7 +390,7 @@ def cmd_lodo(args: argparse.Namespace) -> None:
                 model, base_dir() / "tokenizer.json", fp32, name=NAME, version="lodo",
                 labels=data.LABELS, max_tokens=SERVE_MAX_TOKENS, base_model=BASE_MODEL,
             )  # fmt: skip
-            derive_int8(fp32, int8)
+            derive_int8_blockwise(fp32, int8)
             shutil.rmtree(fp32)
             lodo = figures(onnx_scorer(Classifier.load(int8)), held_out(), binary)
         result[name] = {"left_out": sorted(left_out), "binary": binary, "rows_trained": len(kept),

@@ -23,6 +23,7 @@ import json
 import shutil
 import tempfile
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -207,6 +208,43 @@ def derive_int8(src: Path, out: Path) -> modeldir.Manifest:
         extra_options={"DefaultTensorType": 1},  # onnx.TensorProto.FLOAT
     )
     return _derived(src, out, manifest, "int8")
+
+
+BLOCK_SIZE = 32
+
+
+def derive_int8_blockwise(src: Path, out: Path) -> modeldir.Manifest:
+    """int8 weights in blocks of 32 along the input axis (MatMulNBits, 8 bits, symmetric), run
+    with activations quantized per block too (accuracy_level 4: int8 compute).
+
+    For encoders whose hidden states carry outlier dimensions (MPNet's FFN inputs reach 50-100
+    times their mean), `derive_int8`'s one activation scale per tensor costs several points;
+    scales per block of 32 keep the outliers apart (measured on the accurate model: Hutto 3-class
+    0.787 fp32, 0.731 per-tensor dynamic int8, 0.787 blockwise).
+    """
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import (
+        DefaultWeightOnlyQuantConfig,
+        MatMulNBitsQuantizer,
+    )
+
+    manifest = modeldir.load(src)
+    _fresh(out)
+    config = DefaultWeightOnlyQuantConfig(
+        block_size=BLOCK_SIZE, is_symmetric=True, accuracy_level=4, bits=8
+    )
+    quantizer = MatMulNBitsQuantizer(
+        onnx.load(str(src / manifest.onnx_file)), bits=8, block_size=BLOCK_SIZE,
+        is_symmetric=True, accuracy_level=4, algo_config=config,
+    )  # fmt: skip
+    quantizer.process()
+    quantizer.model.save_model_to_file(str(out / "model.onnx"), False)
+    derived = _derived(src, out, manifest, "int8")
+    extra = {
+        **derived.extra,
+        "quantization": f"MatMulNBits 8-bit, block {BLOCK_SIZE}, int8 compute",
+    }
+    return modeldir.write_manifest(out, replace(derived, extra=extra))
 
 
 def derive_fp16(src: Path, out: Path) -> modeldir.Manifest:
