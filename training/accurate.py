@@ -199,29 +199,18 @@ def fit_top(
     seed: int,
 ) -> int:
     """Train the layers above `frozen` and the head on cached rows; returns optimizer steps."""
+    from training.train import batch_loss, optimizer
+
     rng = random.Random(seed)
     torch.manual_seed(seed)
     names = set(model.trained_names(frozen))
     for name, param in model.named_parameters():
         param.requires_grad = name in names
     params = [p for p in model.parameters() if p.requires_grad]
-    optim = torch.optim.AdamW(
-        [
-            {"params": [p for p in params if p.ndim > 1], "weight_decay": 0.01},
-            {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
-        ],
-        lr=lr,
-    )
     whole = math.ceil(epochs)
     plan = [_batches(rows, batch_size, rng) for _ in range(whole)]
     total = int(sum(len(p) for p in plan) * (epochs / whole))
-    warmup = max(1, int(0.06 * total))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        optim,
-        lambda s: (
-            (s + 1) / warmup if s < warmup else max(0.0, (total - s) / max(1, total - warmup))
-        ),
-    )
+    optim, sched = optimizer(params, lr, total)
     model.train()
     started = time.monotonic()
     print(f"training the top layers on {len(rows)} rows, {total} steps", flush=True)
@@ -230,13 +219,7 @@ def fit_top(
         mask = torch.zeros(hidden.shape[:2], dtype=torch.long)
         for i, r in enumerate(batch):
             mask[i, : r.hidden.shape[0]] = 1
-        logits = model.upper(hidden, mask, frozen)
-        loss = nn.functional.cross_entropy(logits, torch.tensor([r.label for r in batch]))
-        rated = [i for i, r in enumerate(batch) if r.rating is not None]
-        if rated and rating_weight:
-            probs = logits[rated].softmax(-1)
-            target = torch.tensor([batch[i].rating for i in rated], dtype=probs.dtype)
-            loss = loss + rating_weight * ((probs[:, 2] - probs[:, 0] - target) ** 2).mean()
+        loss = batch_loss(model.upper(hidden, mask, frozen), batch, rating_weight)
         loss.backward()
         nn.utils.clip_grad_norm_(params, 1.0)
         optim.step()

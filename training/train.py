@@ -25,9 +25,9 @@ import argparse
 import json
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from tokenizers import Tokenizer
@@ -91,6 +91,13 @@ def training_tokenizer(path: Path, max_tokens: int) -> Tokenizer:
 Progress = Callable[[int, int, float, int], None]  # step, total steps, loss, examples seen
 
 
+class Rated(Protocol):
+    """A training row as the loss sees it (data.Example, or a cached row of the accurate recipe)."""
+
+    label: int
+    rating: float | None
+
+
 def fit(
     model: MeanPoolingBertForSequenceClassification,
     examples: list[data.Example],
@@ -117,23 +124,10 @@ def fit(
     for name, param in model.named_parameters():
         param.requires_grad = trainable(name)
     params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.ndim > 1]
-    no_decay = [p for p in params if p.ndim <= 1]
-    optim = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=lr,
-    )
     whole = int(epochs) + (1 if epochs % 1 else 0)
     plan = [batches(examples, tokenizer, batch_size, rng) for _ in range(whole)]
     total = int(sum(len(p) for p in plan) * (epochs / whole))
-    warmup = max(1, int(0.06 * total))
-
-    def lr_at(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return max(0.0, (total - step) / max(1, total - warmup))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(optim, lr_at)
+    optim, sched = optimizer(params, lr, total)
     print(f"training on {len(examples)} examples, {total} steps, {whole} epoch(s)", flush=True)
     step, seen = 0, 0
     for epoch_batches in plan:
@@ -141,14 +135,8 @@ def fit(
             if step >= total:
                 break
             ids, mask = padded(tokenizer.encode_batch([e.text for e in batch]), pad_id)
-            labels = torch.tensor([e.label for e in batch])
-            out = model(input_ids=ids, attention_mask=mask, labels=labels)
-            loss = out.loss
-            rated = [i for i, e in enumerate(batch) if e.rating is not None]
-            if rated and rating_weight:
-                probs = out.logits[rated].softmax(-1)
-                target = torch.tensor([batch[i].rating for i in rated], dtype=probs.dtype)
-                loss = loss + rating_weight * ((probs[:, 2] - probs[:, 0] - target) ** 2).mean()
+            out = model(input_ids=ids, attention_mask=mask)
+            loss = batch_loss(out.logits, batch, rating_weight)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optim.step()
@@ -160,6 +148,40 @@ def fit(
                 progress(step, total, float(loss.item()), seen)
     model.eval()
     return total
+
+
+def optimizer(
+    params: list[torch.nn.Parameter], lr: float, total: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW (weight decay 0.01 on matrices, none on vectors) with a 6 % linear warm-up, then
+    linear decay to zero at `total` steps: the schedule of every recipe here."""
+    optim = torch.optim.AdamW(
+        [
+            {"params": [p for p in params if p.ndim > 1], "weight_decay": 0.01},
+            {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
+        ],
+        lr=lr,
+    )
+    warmup = max(1, int(0.06 * total))
+
+    def lr_at(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return optim, torch.optim.lr_scheduler.LambdaLR(optim, lr_at)
+
+
+def batch_loss(logits: torch.Tensor, batch: Sequence[Rated], rating_weight: float) -> torch.Tensor:
+    """Cross-entropy on the labels plus, for rows with a rating, `rating_weight` times the squared
+    error between P(positive) - P(negative) and the rating (3-class default labels only)."""
+    loss = torch.nn.functional.cross_entropy(logits, torch.tensor([e.label for e in batch]))
+    rated = [i for i, e in enumerate(batch) if e.rating is not None]
+    if rated and rating_weight:
+        probs = logits[rated].softmax(-1)
+        target = torch.tensor([batch[i].rating for i in rated], dtype=probs.dtype)
+        loss = loss + rating_weight * ((probs[:, 2] - probs[:, 0] - target) ** 2).mean()
+    return loss
 
 
 RECIPE_KEYS = (
