@@ -40,6 +40,7 @@ from torch import nn
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from training import data
+from training.modeling import mean_pool
 
 SEED = 20261203
 NAME = "mpnet-sentiment"
@@ -82,9 +83,7 @@ class MeanPoolingMPNet(nn.Module):
     def upper(self, hidden: torch.Tensor, attention_mask: torch.Tensor, k: int) -> torch.Tensor:
         """Logits from the hidden states after layer k-1."""
         hidden = self._layers(hidden, attention_mask, range(k, len(self.mpnet.encoder.layer)))
-        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-        return self.classifier(self.dropout(pooled))
+        return self.classifier(self.dropout(mean_pool(hidden, attention_mask)))
 
     def _layers(
         self, hidden: torch.Tensor, attention_mask: torch.Tensor, which: range
@@ -103,9 +102,8 @@ class MeanPoolingMPNet(nn.Module):
     ) -> SequenceClassifierOutput:
         # The stock MPNetModel path, so the exported graph is the library's model plus our head.
         hidden = self.mpnet(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-        return SequenceClassifierOutput(logits=self.classifier(self.dropout(pooled)))
+        logits = self.classifier(self.dropout(mean_pool(hidden, attention_mask)))
+        return SequenceClassifierOutput(logits=logits)
 
     def trained_names(self, k: int) -> list[str]:
         layers = len(self.mpnet.encoder.layer)

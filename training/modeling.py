@@ -20,6 +20,12 @@ ARCHITECTURE = "MeanPoolingBertForSequenceClassification"
 FROZEN = "bert.embeddings.word_embeddings.weight"
 
 
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Mean of the hidden states over the real tokens (sentence-transformers pooling)."""
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+
+
 class MeanPoolingBertForSequenceClassification(BertPreTrainedModel):  # type: ignore[misc]
     """BERT, masked mean of the last hidden states, dropout, linear head (sentence-transformers)."""
 
@@ -39,9 +45,7 @@ class MeanPoolingBertForSequenceClassification(BertPreTrainedModel):  # type: ig
         **_: Any,
     ) -> SequenceClassifierOutput:
         hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-        logits = self.classifier(self.dropout(pooled))
+        logits = self.classifier(self.dropout(mean_pool(hidden, attention_mask)))
         loss = None
         if labels is not None:
             loss = nn.functional.cross_entropy(logits, labels)
