@@ -382,7 +382,7 @@ def cmd_lodo(args: argparse.Namespace) -> None:
             "protocol": {"epochs": 1.0, "examples_per_run": args.examples, "lr": args.lr,
                          "frozen_layers": frozen, "pool_rows": len(rows),
                          "films_held_out_together": True,
-                         "evaluated": "int8 (dynamic, per-channel) through the serving Classifier"},
+                         "evaluated": "int8 (blockwise, derive_int8_blockwise) through the serving Classifier"},
             "domains": result,
         }, indent=2) + "\n")  # fmt: skip
     print(f"wrote {args.out}")
@@ -400,7 +400,7 @@ def main(argv: list[str] | None = None) -> None:
     t = sub.add_parser("train", help="train the top layers and the head on the cache")
     t.add_argument("--cache", type=Path, default=CACHE)
     t.add_argument("--epochs", type=float, default=2.0)
-    t.add_argument("--lr", type=float, default=5e-5)
+    t.add_argument("--lr", type=float, default=1e-4)
     t.add_argument("--batch-size", type=int, default=32)
     t.add_argument("--rating-weight", type=float, default=1.0)
     t.add_argument("--out", type=Path, default=Path("models/mpnet-sentiment-checkpoint"))
@@ -414,7 +414,7 @@ def main(argv: list[str] | None = None) -> None:
     lo = sub.add_parser("lodo", help="leave-one-domain-out at the default's budget")
     lo.add_argument("--cache", type=Path, default=CACHE)
     lo.add_argument("--examples", type=int, default=8000)
-    lo.add_argument("--lr", type=float, default=5e-5)
+    lo.add_argument("--lr", type=float, default=1e-4)
     lo.add_argument("--only", default="tweets,amazon,nyt,movie,crowdflower,rottentomatoes")
     lo.add_argument("--out", type=Path, default=Path("docs/lodo_accurate.json"))
     lo.set_defaults(run=cmd_lodo)
