@@ -382,7 +382,8 @@ def cmd_lodo(args: argparse.Namespace) -> None:
             "protocol": {"epochs": 1.0, "examples_per_run": args.examples, "lr": args.lr,
                          "frozen_layers": frozen, "pool_rows": len(rows),
                          "films_held_out_together": True,
-                         "evaluated": "int8 (blockwise, derive_int8_blockwise) through the serving Classifier"},
+                         "evaluated": "int8 (blockwise, derive_int8_blockwise) through the "
+                                      "serving Classifier"},
             "domains": result,
         }, indent=2) + "\n")  # fmt: skip
     print(f"wrote {args.out}")
