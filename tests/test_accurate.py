@@ -142,3 +142,83 @@ def test_export_is_parity_checked_gated_and_served(tiny_mpnet: Path, tmp_path: P
     assert "8-bit" in json.loads((int8 / "manifest.json").read_text())["quantization"]
     preds = Classifier.load(int8, intra_op_threads=1).predict(TEXTS)
     assert [p.label in data.LABELS for p in preds] == [True] * len(TEXTS)
+
+
+def test_distillation_loss_mixes_teacher_and_labels_per_row() -> None:
+    from training.train import batch_loss
+
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.0, 1.0, 0.5], [-1.0, 0.0, 3.0]])
+    plain = [data.Example("a", 0, "s"), data.Example("b", 1, "s"), data.Example("c", 2, "s")]
+    ce = torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1, 2]), reduction="none")
+    # Without teacher rows, or with distill 0, it is the plain cross-entropy.
+    assert torch.allclose(batch_loss(logits, plain, 0.0, distill=0.5), ce.mean())
+    same = tuple(logits[1].log_softmax(-1).tolist())
+    far = (0.0, -20.0, -20.0)  # a teacher sure of "negative"
+    taught = [plain[0], data.Example("b", 1, "s", soft=same), data.Example("c", 2, "s", soft=far)]
+    assert torch.allclose(batch_loss(logits, taught, 0.0, distill=0.0), ce.mean())
+    loss = batch_loss(logits, taught, 0.0, distill=0.5, temperature=2.0)
+    # Row b agrees with its teacher (KL 0), so it keeps half its cross-entropy; row c is pulled
+    # towards the teacher's class, which costs more than its own cross-entropy.
+    teacher_c = (torch.tensor(far) / 2).log_softmax(-1)
+    student_c = (logits[2] / 2).log_softmax(-1)
+    kl_c = float((teacher_c.exp() * (teacher_c - student_c)).sum()) * 4
+    want = (ce[0] + 0.5 * ce[1] + 0.5 * ce[2] + 0.5 * kl_c) / 3
+    assert torch.allclose(loss, want, atol=1e-5)
+    # Its gradient moves row c towards the teacher's class.
+    moving = logits.clone().requires_grad_(True)
+    batch_loss(moving, taught, 0.0, distill=1.0).backward()
+    assert moving.grad is not None
+    assert moving.grad[2, 0] < 0 < moving.grad[2, 2]
+
+
+def test_teacher_targets_from_the_cache_equal_the_whole_model(tiny_mpnet: Path) -> None:
+    from training import distill
+
+    frozen = 2
+    examples = _examples()[:6]
+    rows = accurate.build_cache(examples, frozen, batch_size=4, base=tiny_mpnet)
+    teacher = accurate.MeanPoolingMPNet(tiny_mpnet, data.LABELS).eval()
+    soft = distill.targets(teacher, rows, examples, frozen)
+    tok = accurate.tokenizer(accurate.TRAIN_MAX_TOKENS, tiny_mpnet)
+    for e in examples:
+        ids, mask = padded([tok.encode(e.text)], tok.token_to_id("[PAD]"))
+        with torch.inference_mode():
+            whole = teacher(ids, mask).logits.log_softmax(-1)[0]
+        assert torch.allclose(torch.tensor(soft[(e.source, e.text)]), whole, atol=2e-3), e.text
+    # attach: order kept, only rows the teacher labelled carry targets.
+    extra = data.Example("never cached", 1, "crowdflower")
+    attached = distill.attach([extra, *examples], soft)
+    assert [a.text for a in attached] == [extra.text, *(e.text for e in examples)]
+    assert attached[0].soft is None
+    assert all(a.soft is not None for a in attached[1:])
+
+
+def test_fold_teacher_never_sees_the_held_out_domain(
+    tiny_mpnet: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from training import distill
+
+    examples = _examples()
+    rows = accurate.build_cache(examples, 2, batch_size=5, base=tiny_mpnet)
+    cache = tmp_path / "cache.pt"
+    torch.save({"rows": rows, "info": {"frozen_layers": 2, "rows": len(rows)}}, cache)
+    monkeypatch.setattr(accurate, "base_dir", lambda: tiny_mpnet)
+    monkeypatch.setattr(accurate, "pool", lambda recipe, n: examples[:n])
+    seen: list[str] = []
+    real_fit = accurate.fit_top
+
+    def fit_top(model: accurate.MeanPoolingMPNet, fitted: list[accurate.Row], *a, **k):  # type: ignore[no-untyped-def]
+        seen.extend(r.source for r in fitted)
+        return real_fit(model, fitted, *a, **k)
+
+    monkeypatch.setattr(accurate, "fit_top", fit_top)
+    left_out = frozenset({"crowdflower"})
+    soft = distill.fold_targets({"teacher_lr": 1e-3}, left_out, 100, cache)
+    assert seen
+    assert "crowdflower" not in seen
+    assert {s for s, _ in soft} == {e.source for e in examples} - left_out
+
+    # A cache drawn from another recipe's rows is refused, not silently misaligned.
+    monkeypatch.setattr(accurate, "pool", lambda recipe, n: examples[1 : n + 1])
+    with pytest.raises(SystemExit, match="does not match"):
+        distill.fold_targets({"teacher_lr": 1e-3}, left_out, 100, cache)

@@ -27,10 +27,12 @@ import argparse
 import copy
 import json
 import math
+import pickle
 import random
 import shutil
 import tempfile
 import time
+import types
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -297,8 +299,20 @@ def export(
         print(f"wrote {int8}: {json.dumps(manifest.extra.get('quantization_gate'))}", flush=True)
 
 
+class _CacheUnpickler(pickle.Unpickler):
+    """Rows pickled by `python -m training.accurate cache` name their class `__main__.Row`."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if name == "Row" and module in ("__main__", __name__):
+            return Row
+        return super().find_class(module, name)
+
+
 def _load_cache(path: Path) -> tuple[list[Row], dict[str, Any]]:
-    blob = torch.load(path, weights_only=False)
+    unpickling = types.SimpleNamespace(
+        __name__="pickle", Unpickler=_CacheUnpickler, load=pickle.load
+    )
+    blob = torch.load(path, weights_only=False, pickle_module=unpickling)
     return blob["rows"], blob["info"]
 
 

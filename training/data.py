@@ -37,12 +37,14 @@ MOVIE_TRAIN_SOURCE = f"hutto-{MOVIE_SOURCE}"  # Example.source of the movie trai
 
 @dataclass(frozen=True)
 class Example:
-    """One labelled text; `rating` is the Hutto mean rating scaled to [-1, 1], if known."""
+    """One labelled text; `rating` is the Hutto mean rating scaled to [-1, 1], if known; `soft`
+    the teacher's log-probabilities over the labels when the row is distilled (training.distill)."""
 
     text: str
     label: int
     source: str
     rating: float | None = None
+    soft: tuple[float, ...] | None = None
 
 
 def package_dir(name: str) -> Path:

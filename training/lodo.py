@@ -68,9 +68,17 @@ def figures(
 
 
 def train_without(
-    recipe: dict[str, Any], left_out: frozenset[str], examples_cap: int, workdir: Path
+    recipe: dict[str, Any],
+    left_out: frozenset[str],
+    examples_cap: int,
+    workdir: Path,
+    soft: dict[tuple[str, str], tuple[float, ...]] | None = None,
 ) -> Path:
-    """Train one reduced-budget model without `left_out`; returns its int8 model directory."""
+    """Train one reduced-budget model without `left_out`; returns its int8 model directory.
+
+    A recipe that distils (`distill` > 0) takes its teacher's targets from a fold teacher that
+    never saw `left_out` (training.distill.fold_targets), unless `soft` gives them."""
+    from training import distill
     from training.export import derive_int8, export_checkpoint
     from training.modeling import from_base, save_trained
     from training.train import SEED, assemble, base_model_dir, fit, training_tokenizer
@@ -81,13 +89,20 @@ def train_without(
     examples, _ = assemble(recipe, exclude_sources=left_out)
     if examples_cap and len(examples) > examples_cap:
         examples = random.Random(SEED + 5).sample(examples, examples_cap)
+    weight = float(recipe.get("distill", 0.0))
+    if weight > 0:
+        if soft is None:
+            soft = distill.fold_targets(recipe, left_out, examples_cap or 8000)
+        examples = distill.attach(examples, soft)
+        print(f"{sum(e.soft is not None for e in examples)} of {len(examples)} rows distilled")
     base = base_model_dir()
     tokenizer = training_tokenizer(base / "tokenizer.json", int(recipe["max_tokens"]))
     model = from_base(base, data.LABELS)
     fit(
         model, examples, tokenizer, epochs=1.0, lr=float(recipe["lr"]),
         batch_size=int(recipe["batch_size"]), rng=rng,
-        rating_weight=float(recipe["rating_weight"]),
+        rating_weight=float(recipe["rating_weight"]), distill=weight,
+        temperature=float(recipe.get("temperature", 1.0)),
     )  # fmt: skip
     checkpoint = workdir / "checkpoint"
     save_trained(model, checkpoint)

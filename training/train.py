@@ -108,6 +108,8 @@ def fit(
     batch_size: int,
     rng: random.Random,
     rating_weight: float = 0.0,
+    distill: float = 0.0,
+    temperature: float = 1.0,
     progress: Progress | None = None,
     trainable: Callable[[str], bool] = lambda name: name != FROZEN,
 ) -> int:
@@ -136,7 +138,7 @@ def fit(
                 break
             ids, mask = padded(tokenizer.encode_batch([e.text for e in batch]), pad_id)
             out = model(input_ids=ids, attention_mask=mask)
-            loss = batch_loss(out.logits, batch, rating_weight)
+            loss = batch_loss(out.logits, batch, rating_weight, distill, temperature)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optim.step()
@@ -172,10 +174,37 @@ def optimizer(
     return optim, torch.optim.lr_scheduler.LambdaLR(optim, lr_at)
 
 
-def batch_loss(logits: torch.Tensor, batch: Sequence[Rated], rating_weight: float) -> torch.Tensor:
+def batch_loss(
+    logits: torch.Tensor,
+    batch: Sequence[Rated],
+    rating_weight: float,
+    distill: float = 0.0,
+    temperature: float = 1.0,
+) -> torch.Tensor:
     """Cross-entropy on the labels plus, for rows with a rating, `rating_weight` times the squared
-    error between P(positive) - P(negative) and the rating (3-class default labels only)."""
-    loss = torch.nn.functional.cross_entropy(logits, torch.tensor([e.label for e in batch]))
+    error between P(positive) - P(negative) and the rating (3-class default labels only).
+
+    Rows carrying a teacher's log-probabilities (`soft`) mix, per row, `1 - distill` of the
+    cross-entropy with `distill` of the KL divergence from the teacher at `temperature` (scaled
+    by its square, Hinton et al. 2015); rows without keep the plain cross-entropy."""
+    functional = torch.nn.functional
+    per_row = functional.cross_entropy(
+        logits, torch.tensor([e.label for e in batch]), reduction="none"
+    )
+    soft = [i for i, e in enumerate(batch) if getattr(e, "soft", None) is not None]
+    if soft and distill:
+        teacher = torch.tensor([batch[i].soft for i in soft], dtype=logits.dtype)  # type: ignore[attr-defined]
+        t = temperature
+        kl = functional.kl_div(
+            (logits[soft] / t).log_softmax(-1),
+            (teacher / t).log_softmax(-1),
+            log_target=True,
+            reduction="none",
+        ).sum(-1) * (t * t)
+        mixed = per_row.clone()
+        mixed[soft] = (1 - distill) * per_row[soft] + distill * kl
+        per_row = mixed
+    loss = per_row.mean()
     rated = [i for i, e in enumerate(batch) if e.rating is not None]
     if rated and rating_weight:
         probs = logits[rated].softmax(-1)
@@ -260,6 +289,19 @@ def main(argv: list[str] | None = None) -> None:
         "--dev-fraction", type=float, default=0.0,
         help="share of Hutto and CrowdFlower training rows held back to calibrate the classes",
     )  # fmt: skip
+    parser.add_argument(
+        "--distill", type=float, default=0.0,
+        help="weight of the teacher's targets against the labels on the rows it labelled (0: off)",
+    )  # fmt: skip
+    parser.add_argument("--temperature", type=float, default=2.0, help="distillation temperature")
+    parser.add_argument(
+        "--teacher-targets", type=Path, default=Path("build/distill/teacher.pt"),
+        help="the teacher's targets (python -m training.distill)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--teacher-lr", type=float, default=1e-4,
+        help="learning rate of the fold teachers `make lodo` trains when the recipe distils",
+    )  # fmt: skip
     args = parser.parse_args(argv)
 
     random.seed(SEED)
@@ -272,6 +314,12 @@ def main(argv: list[str] | None = None) -> None:
 
     recipe = {k: getattr(args, k) for k in RECIPE_KEYS}
     examples, dev = assemble(recipe)
+    if args.distill > 0:
+        from training import distill
+
+        examples = distill.attach(examples, distill.load_targets(args.teacher_targets))
+        taught = sum(e.soft is not None for e in examples)
+        print(f"{taught} of {len(examples)} rows carry the teacher's targets", flush=True)
     if args.limit:
         examples = examples[: args.limit]
     model = from_base(base, data.LABELS)
@@ -284,11 +332,18 @@ def main(argv: list[str] | None = None) -> None:
 
     total = fit(
         model, examples, tokenizer, epochs=args.epochs, lr=args.lr,
-        batch_size=args.batch_size, rng=rng, rating_weight=args.rating_weight, progress=report,
+        batch_size=args.batch_size, rng=rng, rating_weight=args.rating_weight,
+        distill=args.distill, temperature=args.temperature, progress=report,
     )  # fmt: skip
     seconds = round(time.monotonic() - started, 1)
     calibration = calibrate(model, dev, tokenizer) if dev else None
     save_trained(model, args.out)
+    teacher = {
+        "distill": args.distill,
+        "temperature": args.temperature,
+        "teacher": "models/mpnet-sentiment-checkpoint (top layers on build/accurate/cache.pt rows)",
+        "teacher_lr": args.teacher_lr,
+    }
     (args.out / "training.json").write_text(
         json.dumps(
             {
@@ -298,6 +353,7 @@ def main(argv: list[str] | None = None) -> None:
                 "batch_size": args.batch_size,
                 "rating_weight": args.rating_weight,
                 **recipe,
+                **(teacher if args.distill > 0 else {}),
                 "calibration": calibration,
                 "examples": len(examples),
                 "steps": total,
