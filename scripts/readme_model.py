@@ -125,7 +125,13 @@ def _lodo(docs: Path) -> list[str]:
     return [
         "Leave-one-domain-out (`make lodo`, docs/lodo.json): for each domain the recipe is "
         f"trained without it ({p['epochs']:g} epoch on {p['examples_per_run']:,} rows of the "
-        "mix; film sources held out together), quantized to int8 and evaluated on that domain's "
+        "mix; film sources held out together"
+        + (
+            "; the recipe distils, so its teacher is retrained without the domain too"
+            if "teacher" in p
+            else ""
+        )
+        + "), quantized to int8 and evaluated on that domain's "
         "held-out rows. This judges the recipe on text it never saw; the last column is the served "
         "default, which trained on every domain.",
         "",

@@ -37,7 +37,9 @@ outputs `logits` and `probabilities`; a `tokenizers` fast tokenizer that truncat
   tweet, Amazon and NYT training rows plus seeded samples of the movie-review and CrowdFlower
   training rows (`movie_fraction`, `crowdflower_fraction` in the recipe line above), AdamW,
   at most 64 tokens, frozen word embeddings, cross-entropy plus a squared-error term tying the
-  score to the Hutto mean human rating.
+  score to the Hutto mean human rating; with `distill` in the recipe, rows the accurate model
+  (all-mpnet-base-v2, the teacher) labelled mix the cross-entropy with the KL divergence from
+  its probabilities (training/distill.py).
 
 ## Held-out evaluation (`make eval`, 2 CPU cores)
 
