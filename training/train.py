@@ -16,9 +16,8 @@ rating), the squared error between `score = P(positive) - P(negative)` and the r
 Distillation (`--distill 0.5 --temperature 2` in `make train`): the rows the accurate model's
 cache holds (training.distill; 16,000 of the ~24,800 distinct rows) also carry that model's
 log-probabilities, and their loss is half cross-entropy, half the KL divergence from the teacher
-at temperature 2 (times 4). At the leave-one-domain-out budget (8,000 rows, 1 epoch, no domain
-left out) it moved the int8 held-out figures by: Hutto 3-class +0.4, CrowdFlower +0.8, Rotten
-Tomatoes +2.0, movie -0.3 points, Pearson +0.003 (weight 0.8: +0.4, +1.2, +0.4, 0.0).
+at temperature 2 (times 4). `python -m training.distill --ablation 0,0.5,0.8` compares weights
+at the leave-one-domain-out budget (docs/distill_ablation.json).
 
 Batches are built from length-sorted windows, so padding stays small; the order is still
 determined by the seed alone.
