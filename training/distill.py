@@ -17,7 +17,6 @@ the held-out domain takes part in that fold (training.lodo calls it when the rec
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import random
 import time
@@ -113,7 +112,10 @@ def load_targets(path: Path) -> dict[Key, tuple[float, ...]]:
     return {(k[0], k[1]): tuple(v) for k, v in blob["targets"]}
 
 
-def ablation(weights: list[float], temperature: float, examples: int, out: Path) -> None:
+def ablation(
+    recipe_dir: Path, soft_path: Path, weights: list[float], temperature: float, examples: int,
+    out: Path,
+) -> None:  # fmt: skip
     """The recipe at the leave-one-domain-out budget (`examples` rows, 1 epoch, no domain left
     out) with each distillation weight, int8 held-out accuracy per set (the committed teacher's
     targets; weight 0 is the recipe without a teacher)."""
@@ -123,8 +125,8 @@ def ablation(weights: list[float], temperature: float, examples: int, out: Path)
     from training import lodo
     from training.evaluate import evaluate, onnx_scorer
 
-    recipe = json.loads(Path("models/minilm-sentiment-checkpoint/training.json").read_text())
-    soft = load_targets(TARGETS)
+    recipe = json.loads((recipe_dir / "training.json").read_text())
+    soft = load_targets(soft_path)
     runs: dict[str, Any] = {}
     for weight in weights:
         trial = {**recipe, "distill": weight, "temperature": temperature}
@@ -140,7 +142,7 @@ def ablation(weights: list[float], temperature: float, examples: int, out: Path)
         print(f"| {weight} | " + " | ".join(f"{row[k]:.3f}" for k in sets) + " |")
     out.parent.mkdir(parents=True, exist_ok=True)
     protocol = {"examples": examples, "epochs": 1.0, "temperature": temperature,
-                "evaluated": "int8 (dynamic, per-channel)", "teacher": str(TARGETS)}  # fmt: skip
+                "evaluated": "int8 (dynamic, per-channel)", "teacher": str(soft_path)}  # fmt: skip
     out.write_text(json.dumps({"protocol": protocol, "runs": runs}, indent=2) + "\n")
 
 
@@ -156,12 +158,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--ablation", default="",
         help="comma-separated distillation weights: train and evaluate the recipe at the LODO "
-        "budget with each (needs the targets), write docs/distill_ablation.json",
+        "budget with each (reads the targets at --out), write docs/distill_ablation.json",
     )  # fmt: skip
     args = parser.parse_args(argv)
     if args.ablation:
         weights = [float(w) for w in args.ablation.split(",")]
-        ablation(weights, 2.0, 8000, Path("docs/distill_ablation.json"))
+        ablation(args.recipe, args.out, weights, 2.0, 8000, Path("docs/distill_ablation.json"))
         return
     started = time.monotonic()
     rows, info = accurate._load_cache(args.cache)
@@ -173,7 +175,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     recipe = json.loads((args.recipe / "training.json").read_text())
     examples = cached_examples(recipe, rows)
-    soft = targets(copy.deepcopy(accurate.load(args.teacher)), rows, examples, frozen)
+    soft = targets(accurate.load(args.teacher), rows, examples, frozen)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"targets": [[list(k), list(v)] for k, v in soft.items()],
                 "teacher": str(args.teacher)}, args.out)  # fmt: skip
