@@ -10,13 +10,38 @@ import json
 import shutil
 from pathlib import Path
 
-from scripts.readme_model import DOCS, MODELS, ROOT, current, section
+from scripts import readme_blocks
+from scripts.readme_model import (
+    DOCS, FT_BEGIN, FT_END, MODELS, ROOT, current, finetune_section, section,
+)  # fmt: skip
 
 
 def test_readme_model_block_matches_the_sources() -> None:
     block = current((ROOT / "README.md").read_text())
     assert block is not None, "README.md lost its generated model-quality block"
     assert block == section(), "stale: run `python -m scripts.readme_model --write`"
+
+
+def test_readme_finetune_example_is_the_committed_transcript() -> None:
+    block = readme_blocks.current((ROOT / "README.md").read_text(), FT_BEGIN, FT_END)
+    assert block is not None, "README.md lost its generated finetune-demo block"
+    assert block == finetune_section(), "stale: run `python -m scripts.readme_model --write`"
+    assert "| default minilm-sentiment-int8 |" in block
+
+
+def test_finetune_example_reports_the_time_against_the_target(tmp_path: Path) -> None:
+    assert "run `make finetune-demo`" in finetune_section(tmp_path)
+    wrote = "Wrote x (int8) in {} s ({} s fine-tuning, 100 steps; {} CPU-seconds). Serve it"
+    (tmp_path / "finetune_demo.txt").write_text(
+        "# 2 CPU cores, 2026-12-03\n| m | 0.9 |\n" + wrote.format(97, 65, 177) + "\n"
+    )
+    block = finetune_section(tmp_path)
+    assert "printed (2 CPU cores, 2026-12-03; docs/finetune_demo.txt)" in block
+    assert "```\n| m | 0.9 |\nWrote x" in block
+    assert "97 s of wall time (65 s of it fine-tuning) and 177 CPU-seconds" in block
+    assert block.endswith(": met).\n" + FT_END)
+    (tmp_path / "finetune_demo.txt").write_text("# 2\n" + wrote.format(601, 500, 900) + "\n")
+    assert "**missed**" in finetune_section(tmp_path)
 
 
 def _copy_models(tmp: Path) -> Path:
