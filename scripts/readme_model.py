@@ -254,11 +254,12 @@ def finetune_section(docs: Path = DOCS) -> str:
     if took:
         wall, fit, cpu = (int(v) for v in took.groups())
         verdict = _verdict(wall < FINETUNE_LIMIT_S)
-        lines += [""] + _wrap([
+        took_line = (
             f"The whole command took {wall} s of wall time ({fit} s of it fine-tuning) and "
             f"{cpu} CPU-seconds (target: under 10 minutes for 1,000 rows of up to 200 words: "
             f"{verdict})."
-        ])  # fmt: skip
+        )
+        lines += ["", *_wrap([took_line])]
     body = "\n".join(lines)
     return f"{FT_BEGIN}\n{body}\n{FT_END}"
 

@@ -12,7 +12,14 @@ from pathlib import Path
 
 from scripts import readme_blocks
 from scripts.readme_model import (
-    DOCS, FT_BEGIN, FT_END, MODELS, ROOT, current, finetune_section, section,
+    DOCS,
+    FT_BEGIN,
+    FT_END,
+    MODELS,
+    ROOT,
+    current,
+    finetune_section,
+    section,
 )  # fmt: skip
 
 
