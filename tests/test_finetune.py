@@ -368,3 +368,35 @@ def test_finetune_with_other_labels(
         pairs = zip(manifest.labels, weights, strict=True)
         expected = sum(w * p.probabilities[k] for k, w in pairs)
         assert p.score == pytest.approx(expected, abs=1e-5)
+
+
+def test_recipe_freeze_layers_keeps_the_lowest_layers_unchanged(
+    tiny_base: tuple[Path, Path],
+) -> None:
+    """`freeze_layers` in a recipe (make train --freeze-layers, and every LODO fold of that
+    recipe) trains nothing below it; a recipe without the key trains all but the word
+    embeddings, as the recipes written before it did."""
+    from training.modeling import FROZEN
+    from training.train import fit, trainable_for, training_tokenizer
+
+    encoder, _ = tiny_base
+    names = [n for n, _ in from_base(encoder, data.LABELS).named_parameters()]
+    assert [n for n in names if not trainable_for({})(n)] == [FROZEN]
+    frozen = [n for n in names if not trainable_for({"freeze_layers": 1})(n)]
+    assert all(n.startswith(("bert.embeddings.", "bert.encoder.layer.0.")) for n in frozen)
+    assert any(n.startswith("bert.encoder.layer.0.") for n in frozen)
+    assert not any(n.startswith(("bert.encoder.layer.1.", "classifier")) for n in frozen)
+
+    model = from_base(encoder, data.LABELS)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    rows = generated_rows(32, {"positive": POSITIVE, "negative": NEGATIVE})
+    examples = [data.Example(r["text"], 2 if r["label"] == "positive" else 0, "user") for r in rows]
+    tokenizer = training_tokenizer(encoder / "tokenizer.json", 32)
+    fit(
+        model, examples, tokenizer, epochs=1.0, lr=1e-2, batch_size=8, rng=random.Random(0),
+        trainable=trainable_for({"freeze_layers": 1}),
+    )  # fmt: skip
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed
+    assert not changed & set(frozen)
+    assert any(n.startswith("bert.encoder.layer.1.") for n in changed)

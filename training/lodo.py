@@ -81,7 +81,14 @@ def train_without(
     from training import distill
     from training.export import derive_int8, export_checkpoint
     from training.modeling import from_base, save_trained
-    from training.train import SEED, assemble, base_model_dir, fit, training_tokenizer
+    from training.train import (
+        SEED,
+        assemble,
+        base_model_dir,
+        fit,
+        trainable_for,
+        training_tokenizer,
+    )  # fmt: skip
 
     random.seed(SEED)
     torch.manual_seed(SEED)
@@ -102,7 +109,7 @@ def train_without(
         model, examples, tokenizer, epochs=1.0, lr=float(recipe["lr"]),
         batch_size=int(recipe["batch_size"]), rng=rng,
         rating_weight=float(recipe["rating_weight"]), distill=weight,
-        temperature=float(recipe.get("temperature", 1.0)),
+        temperature=float(recipe.get("temperature", 1.0)), trainable=trainable_for(recipe),
     )  # fmt: skip
     checkpoint = workdir / "checkpoint"
     save_trained(model, checkpoint)

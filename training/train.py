@@ -46,6 +46,7 @@ from training.modeling import (
     from_base,
     padded,
     save_trained,
+    trainable_above,
 )
 
 SEED = 20261126
@@ -226,6 +227,14 @@ RECIPE_KEYS = (
 DEV_SOURCES = {f"hutto-{s}": "hutto" for s in data.HUTTO_SOURCES} | {"crowdflower": "crowdflower"}
 
 
+def trainable_for(recipe: dict[str, Any]) -> Callable[[str], bool]:
+    """The `fit` parameter filter a recipe asks for: `freeze_layers` > 0 freezes the embeddings
+    and that many of the lowest encoder layers, otherwise everything but the word embeddings
+    trains (recipes written before the key existed)."""
+    layers = int(recipe.get("freeze_layers", 0))
+    return trainable_above(layers) if layers > 0 else (lambda name: name != FROZEN)
+
+
 def assemble(
     recipe: dict[str, Any], exclude_sources: frozenset[str] = frozenset()
 ) -> tuple[list[data.Example], dict[str, list[data.Example]]]:
@@ -301,6 +310,11 @@ def main(argv: list[str] | None = None) -> None:
     )  # fmt: skip
     parser.add_argument("--temperature", type=float, default=2.0, help="distillation temperature")
     parser.add_argument(
+        "--freeze-layers", type=int, default=0,
+        help="keep the embeddings and this many of the lowest encoder layers frozen (0: train all "
+        "but the word embeddings)",
+    )  # fmt: skip
+    parser.add_argument(
         "--teacher-targets", type=Path, default=Path("build/distill/teacher.pt"),
         help="the teacher's targets (python -m training.distill)",
     )  # fmt: skip
@@ -340,6 +354,7 @@ def main(argv: list[str] | None = None) -> None:
         model, examples, tokenizer, epochs=args.epochs, lr=args.lr,
         batch_size=args.batch_size, rng=rng, rating_weight=args.rating_weight,
         distill=args.distill, temperature=args.temperature, progress=report,
+        trainable=trainable_for({"freeze_layers": args.freeze_layers}),
     )  # fmt: skip
     seconds = round(time.monotonic() - started, 1)
     calibration = calibrate(model, dev, tokenizer) if dev else None
@@ -359,6 +374,7 @@ def main(argv: list[str] | None = None) -> None:
                 "batch_size": args.batch_size,
                 "rating_weight": args.rating_weight,
                 **recipe,
+                **({"freeze_layers": args.freeze_layers} if args.freeze_layers > 0 else {}),
                 **(teacher if args.distill > 0 else {}),
                 "calibration": calibration,
                 "examples": len(examples),
