@@ -217,8 +217,15 @@ def _lodo_accurate(docs: Path) -> list[str]:
     p = accurate["protocol"]
     means = lodo.comparison_means(default, accurate)
     gap = 100 * (means["accurate"] - means["default"])
+    ours = default["protocol"]["examples_per_run"]
+    budget = (
+        "under the same leave-one-domain-out protocol"
+        if p["examples_per_run"] == ours
+        else "under the leave-one-domain-out protocol at a different budget from the default's "
+        f"({ours:,} rows per run)"
+    )
     return [
-        "The accurate recipe under the same leave-one-domain-out protocol (`make lodo-accurate`, "
+        f"The accurate recipe {budget} (`make lodo-accurate`, "
         f"docs/lodo_accurate.json: {p['epochs']:g} epoch on {p['examples_per_run']:,} rows without "
         f"the domain, the lower {p['frozen_layers']} layers frozen, int8):",
         "",

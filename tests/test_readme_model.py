@@ -115,6 +115,12 @@ def test_lodo_table_comes_from_lodo_json(tmp_path: Path) -> None:
     block = section(models, docs)
     assert "| tweets | 100 | 3-class | 0.777 | 0.790 | 0.400 | 0.500 |" in block
     assert "0.790 against the default's 0.777: +1.3 points (target +2: **missed**)" in block
+    assert "under the same leave-one-domain-out protocol" in block
+    result["protocol"]["examples_per_run"] = 16000
+    (docs / "lodo.json").write_text(json.dumps(result))
+    prose = " ".join(section(models, docs).split())  # wrapped: compare as one line
+    assert "at a different budget from the default's (16,000 rows per run)" in prose
+    assert "1 epoch on 8,000 rows without the domain" in prose
     figures = {
         "movie_binary": {"accuracy": 0.9, "pearson": 0.8}, "hutto_3class": {"accuracy": 0.81},
         "hutto_binary": {"accuracy": 0.95}, "crowdflower_3class": {"accuracy": 0.82},

@@ -254,7 +254,8 @@ def main(argv: list[str] | None = None) -> None:
             **(
                 {
                     "teacher": "per fold, the accurate recipe trained without the held-out "
-                    "domain (1 epoch on 8,000 cached rows), labelling the cached rows without it"
+                    f"domain (1 epoch on up to {args.examples or 8000:,} cached rows), labelling "
+                    "the cached rows without it"
                 }
                 if float(recipe.get("distill", 0.0)) > 0
                 else {}
