@@ -146,7 +146,7 @@ def _lodo(docs: Path) -> list[str]:
         *lodo.table(result).splitlines(),
         "",
         f"LODO mean accuracy {s['lodo_int8_accuracy']:.3f} against VADER's "
-        f"{s['vader_accuracy']:.3f}: {gap:+.1f} points (target +{LODO_MARGIN_POINTS:g}: "
+        f"{s['vader_accuracy']:.3f}: {gap:+.2f} points (target +{LODO_MARGIN_POINTS:g}: "
         f"{_verdict(gap >= LODO_MARGIN_POINTS)}).",
     ]
 
@@ -218,21 +218,19 @@ def _lodo_accurate(docs: Path) -> list[str]:
     means = lodo.comparison_means(default, accurate)
     gap = 100 * (means["accurate"] - means["default"])
     ours = default["protocol"]["examples_per_run"]
-    budget = (
-        "under the same leave-one-domain-out protocol"
-        if p["examples_per_run"] == ours
-        else "under the leave-one-domain-out protocol at a different budget from the default's "
-        f"({ours:,} rows per run)"
-    )
+    same = p["examples_per_run"] == ours
     return [
-        f"The accurate recipe {budget} (`make lodo-accurate`, "
-        f"docs/lodo_accurate.json: {p['epochs']:g} epoch on {p['examples_per_run']:,} rows without "
-        f"the domain, the lower {p['frozen_layers']} layers frozen, int8):",
+        f"The accurate recipe {'under the same' if same else 'under its'} leave-one-domain-out "
+        f"protocol (`make lodo-accurate`, docs/lodo_accurate.json: {p['epochs']:g} epoch on "
+        f"{p['examples_per_run']:,} rows without the domain, the lower {p['frozen_layers']} layers "
+        "frozen, int8"
+        + ("" if same else f"; the default's runs had {ours:,} rows, a different budget")
+        + "):",
         "",
         *lodo.comparison(default, accurate).splitlines()[:-1],
         "",
         f"Accurate LODO mean {means['accurate']:.3f} against the default's {means['default']:.3f}: "
-        f"{gap:+.1f} points (target +{ACCURATE_MARGIN_POINTS:g}: "
+        f"{gap:+.2f} points (target +{ACCURATE_MARGIN_POINTS:g}: "
         f"{_verdict(gap >= ACCURATE_MARGIN_POINTS)}).",
     ]
 

@@ -100,7 +100,7 @@ def test_lodo_table_comes_from_lodo_json(tmp_path: Path) -> None:
     (docs / "lodo.json").write_text(json.dumps(result))
     block = section(models, docs)
     assert "| tweets | 100 | 3-class | 0.777 |" in block
-    assert "+27.7 points (target +4: met)" in block
+    assert "+27.70 points (target +4: met)" in block
 
     # The accurate variant: its LODO beside the default's on the domains both ran, with the
     # +2-point verdict, and the per-variant table from docs/accurate_eval.json.
@@ -114,12 +114,12 @@ def test_lodo_table_comes_from_lodo_json(tmp_path: Path) -> None:
     (docs / "lodo_accurate.json").write_text(json.dumps(accurate))
     block = section(models, docs)
     assert "| tweets | 100 | 3-class | 0.777 | 0.790 | 0.400 | 0.500 |" in block
-    assert "0.790 against the default's 0.777: +1.3 points (target +2: **missed**)" in block
+    assert "0.790 against the default's 0.777: +1.30 points (target +2: **missed**)" in block
     assert "under the same leave-one-domain-out protocol" in block
     result["protocol"]["examples_per_run"] = 16000
     (docs / "lodo.json").write_text(json.dumps(result))
     prose = " ".join(section(models, docs).split())  # wrapped: compare as one line
-    assert "at a different budget from the default's (16,000 rows per run)" in prose
+    assert "int8; the default's runs had 16,000 rows, a different budget):" in prose
     assert "1 epoch on 8,000 rows without the domain" in prose
     figures = {
         "movie_binary": {"accuracy": 0.9, "pearson": 0.8}, "hutto_3class": {"accuracy": 0.81},

@@ -357,7 +357,7 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_lodo(args: argparse.Namespace) -> None:
-    """Leave-one-domain-out at the default's LODO budget (one epoch on `--examples` rows)."""
+    """Leave-one-domain-out, one epoch on `--examples` rows per fold (default LODO: 16,000)."""
     from functions.sentiment.model import Classifier
     from training.evaluate import onnx_scorer
     from training.export import derive_int8_blockwise

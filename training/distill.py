@@ -91,12 +91,12 @@ def fold_targets(
 ) -> dict[Key, tuple[float, ...]]:
     """Teacher targets for a leave-one-domain-out fold: a teacher trained on cached rows without
     `left_out` (the accurate LODO's budget: one epoch on `examples` seeded rows, its lr), labelling
-    the cached rows without `left_out`."""
+    the cached rows without `left_out`. `examples` 0: every cached row without it."""
     rows, info = accurate._load_cache(cache)
     frozen = int(info["frozen_layers"])
     pool = cached_examples(recipe, rows)
     kept = [i for i, r in enumerate(rows) if r.source not in left_out]
-    chosen = random.Random(accurate.SEED + 5).sample(kept, min(examples, len(kept)))
+    chosen = random.Random(accurate.SEED + 5).sample(kept, min(examples or len(kept), len(kept)))
     teacher = accurate.MeanPoolingMPNet(accurate.base_dir(), data.LABELS)
     accurate.fit_top(
         teacher, [rows[i] for i in chosen], frozen, epochs=1.0, lr=float(recipe["teacher_lr"]),
@@ -116,7 +116,7 @@ def ablation(
     recipe_dir: Path, soft_path: Path, weights: list[float], temperature: float, examples: int,
     out: Path,
 ) -> None:  # fmt: skip
-    """The recipe at the leave-one-domain-out budget (`examples` rows, 1 epoch, no domain left
+    """The recipe at a reduced budget (`examples` rows, 1 epoch, no domain left
     out) with each distillation weight, int8 held-out accuracy per set (the committed teacher's
     targets; weight 0 is the recipe without a teacher)."""
     import tempfile

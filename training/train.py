@@ -17,7 +17,7 @@ Distillation (`--distill 0.5 --temperature 2` in `make train`): the rows the acc
 cache holds (training.distill; 16,000 of the ~24,800 distinct rows) also carry that model's
 log-probabilities, and their loss is half cross-entropy, half the KL divergence from the teacher
 at temperature 2 (times 4). `python -m training.distill --ablation 0,0.5,0.8` compares weights
-at the leave-one-domain-out budget (docs/distill_ablation.json).
+for one epoch on 8,000 rows (docs/distill_ablation.json).
 
 Batches are built from length-sorted windows, so padding stays small; the order is still
 determined by the seed alone.
