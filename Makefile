@@ -108,7 +108,7 @@ eval: $(STAMP) ## Held-out accuracy, macro-F1, Pearson and latency for fp32, int
 	$(PYTHON) -m training.evaluate $(MODELS)/minilm-sentiment-fp32 $(MODELS)/minilm-sentiment-int8 \
 	  $(if $(WRITE),--write,)
 
-lodo: $(STAMP) $(ACCURATE_CACHE) ## Leave-one-domain-out: the recipe (and its fold teachers) trained without each domain, int8 -> docs/lodo.json (~65 min)
+lodo: $(STAMP) $(ACCURATE_CACHE) ## Leave-one-domain-out: the recipe (and its fold teachers) trained without each domain, int8 -> docs/lodo.json (~57 min on 2 cores)
 	$(PYTHON) -m training.lodo --examples 16000 --out docs/lodo.json
 	$(PYTHON) -m scripts.readme_model --write
 
