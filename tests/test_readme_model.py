@@ -34,6 +34,7 @@ def test_readme_finetune_example_is_the_committed_transcript() -> None:
     assert block is not None, "README.md lost its generated finetune-demo block"
     assert block == finetune_section(), "stale: run `python -m scripts.readme_model --write`"
     assert "| default minilm-sentiment-int8 |" in block
+    assert "s of wall time" in block, "the report's timing line no longer parses"
 
 
 def test_finetune_example_reports_the_time_against_the_target(tmp_path: Path) -> None:

@@ -8,8 +8,9 @@ hard labels (`train.batch_loss`: `distill` of the KL divergence at `temperature`
 keep the hard labels alone.
 
 Leave-one-domain-out stays leak-free: `fold_targets` trains a fold teacher on the cached rows
-without the held-out domain (the accurate LODO's budget) and labels with it, so no model that saw
-the held-out domain takes part in that fold (training.lodo calls it when the recipe distils).
+without the held-out domain (one epoch on as many rows as the fold's student) and labels with it,
+so no model that saw the held-out domain takes part in that fold (training.lodo calls it when the
+recipe distils).
 
     python -m training.distill --out build/distill/teacher.pt   # label with the committed teacher
 """
@@ -90,7 +91,7 @@ def fold_targets(
     recipe: dict[str, Any], left_out: frozenset[str], examples: int, cache: Path = accurate.CACHE
 ) -> dict[Key, tuple[float, ...]]:
     """Teacher targets for a leave-one-domain-out fold: a teacher trained on cached rows without
-    `left_out` (the accurate LODO's budget: one epoch on `examples` seeded rows, its lr), labelling
+    `left_out` (one epoch on `examples` seeded rows, the student's budget, at its lr), labelling
     the cached rows without `left_out`. `examples` 0: every cached row without it."""
     rows, info = accurate._load_cache(cache)
     frozen = int(info["frozen_layers"])
@@ -157,8 +158,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=TARGETS)
     parser.add_argument(
         "--ablation", default="",
-        help="comma-separated distillation weights: train and evaluate the recipe at the LODO "
-        "budget with each (reads the targets at --out), write docs/distill_ablation.json",
+        help="comma-separated distillation weights: train and evaluate the recipe for one epoch on "
+        "8,000 rows with each (reads the targets at --out), write docs/distill_ablation.json",
     )  # fmt: skip
     args = parser.parse_args(argv)
     if args.ablation:

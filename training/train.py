@@ -98,6 +98,11 @@ def training_tokenizer(path: Path, max_tokens: int) -> Tokenizer:
 Progress = Callable[[int, int, float, int], None]  # step, total steps, loss, examples seen
 
 
+def all_but_word_embeddings(name: str) -> bool:
+    """The default `fit` parameter filter: everything trains except the word embeddings."""
+    return name != FROZEN
+
+
 class Rated(Protocol):
     """A training row as the loss sees it (data.Example, or a cached row of the accurate recipe)."""
 
@@ -118,7 +123,7 @@ def fit(
     distill: float = 0.0,
     temperature: float = 1.0,
     progress: Progress | None = None,
-    trainable: Callable[[str], bool] = lambda name: name != FROZEN,
+    trainable: Callable[[str], bool] = all_but_word_embeddings,
 ) -> int:
     """Fine-tune `model` in place (the recipe above); returns the number of optimizer steps.
 
@@ -232,7 +237,7 @@ def trainable_for(recipe: dict[str, Any]) -> Callable[[str], bool]:
     and that many of the lowest encoder layers, otherwise everything but the word embeddings
     trains (recipes written before the key existed)."""
     layers = int(recipe.get("freeze_layers", 0))
-    return trainable_above(layers) if layers > 0 else (lambda name: name != FROZEN)
+    return trainable_above(layers) if layers > 0 else all_but_word_embeddings
 
 
 def assemble(
