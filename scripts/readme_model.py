@@ -148,6 +148,24 @@ def _lodo(docs: Path) -> list[str]:
         f"LODO mean accuracy {s['lodo_int8_accuracy']:.3f} against VADER's "
         f"{s['vader_accuracy']:.3f}: {gap:+.2f} points (target +{LODO_MARGIN_POINTS:g}: "
         f"{_verdict(gap >= LODO_MARGIN_POINTS)}).",
+        *_lodo_repeat(docs, result),
+    ]
+
+
+def _lodo_repeat(docs: Path, first: dict[str, Any]) -> list[str]:
+    from training import lodo
+
+    path = docs / "lodo_repeat.json"
+    if not path.exists():
+        return []
+    second = json.loads(path.read_text())
+    return [
+        "",
+        "The same protocol again with every seed shifted (`make lodo-repeat`, "
+        "docs/lodo_repeat.json: another row sample, initialisation, order and fold teacher), an "
+        "A/A comparison that shows how much one run's figures move by chance:",
+        "",
+        *lodo.repeat_table(first, second).splitlines(),
     ]
 
 

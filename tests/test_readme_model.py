@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 from scripts import readme_blocks
 from scripts.readme_model import (
@@ -134,3 +135,37 @@ def test_lodo_table_comes_from_lodo_json(tmp_path: Path) -> None:
         "| cpu-accurate-int8 | all-mpnet-base-v2, int8 | 0.900 | 0.810 | 0.950 | 0.820 | 0.880 "
         "| 0.860 | 0.790 | 31.25 | 180 |"
     ) in block
+
+
+def test_lodo_repeat_shows_the_a_a_difference(tmp_path: Path) -> None:
+    models = _copy_models(tmp_path)
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    row = {"n": 100, "accuracy": 0.5, "macro_f1": 0.4}
+
+    def result(tweets: float, nyt: float) -> dict[str, Any]:
+        domains = {
+            name: {"left_out": [name], "binary": False, "seconds": 1.0, "vader": row,
+                   "lodo_int8": {**row, "accuracy": acc}, "served_default_int8": row}
+            for name, acc in (("tweets", tweets), ("nyt", nyt))
+        }  # fmt: skip
+        return {
+            "protocol": {"epochs": 1.0, "examples_per_run": 16000},
+            "domains": domains,
+            "summary": {
+                "lodo_int8_accuracy": (tweets + nyt) / 2, "lodo_int8_macro_f1": 0.4,
+                "vader_accuracy": 0.5, "vader_macro_f1": 0.4,
+                "served_default_int8_accuracy": 0.5, "served_default_int8_macro_f1": 0.4,
+            },
+        }  # fmt: skip
+
+    (docs / "lodo.json").write_text(json.dumps(result(0.60, 0.70)))
+    assert "make lodo-repeat" not in section(models, docs)
+    (docs / "lodo_repeat.json").write_text(json.dumps(result(0.63, 0.68)))
+    block = section(models, docs)
+    assert "| tweets | 0.600 | 0.630 | +3.00 |" in block
+    assert "| nyt | 0.700 | 0.680 | -2.00 |" in block
+    assert "| **mean** | 0.650 | 0.655 | +0.50 |" in block
+    prose = " ".join(block.split())
+    assert "mean absolute 2.50 points, largest 3.00" in prose
+    assert "two-seed LODO mean 0.652 vs VADER 0.500: +15.25 points" in prose

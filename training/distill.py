@@ -88,20 +88,26 @@ def attach(examples: list[data.Example], soft: dict[Key, tuple[float, ...]]) -> 
 
 
 def fold_targets(
-    recipe: dict[str, Any], left_out: frozenset[str], examples: int, cache: Path = accurate.CACHE
+    recipe: dict[str, Any],
+    left_out: frozenset[str],
+    examples: int,
+    cache: Path = accurate.CACHE,
+    seed_offset: int = 0,
 ) -> dict[Key, tuple[float, ...]]:
     """Teacher targets for a leave-one-domain-out fold: a teacher trained on cached rows without
     `left_out` (one epoch on `examples` seeded rows, the student's budget, at its lr), labelling
-    the cached rows without `left_out`. `examples` 0: every cached row without it."""
+    the cached rows without `left_out`. `examples` 0: every cached row without it. `seed_offset`
+    shifts every seed (sample, initialisation, order) for a repeat of the fold."""
+    seed = accurate.SEED + seed_offset
     rows, info = accurate._load_cache(cache)
     frozen = int(info["frozen_layers"])
     pool = cached_examples(recipe, rows)
     kept = [i for i, r in enumerate(rows) if r.source not in left_out]
-    chosen = random.Random(accurate.SEED + 5).sample(kept, min(examples or len(kept), len(kept)))
+    chosen = random.Random(seed + 5).sample(kept, min(examples or len(kept), len(kept)))
     teacher = accurate.MeanPoolingMPNet(accurate.base_dir(), data.LABELS)
     accurate.fit_top(
         teacher, [rows[i] for i in chosen], frozen, epochs=1.0, lr=float(recipe["teacher_lr"]),
-        batch_size=32, rating_weight=1.0, seed=accurate.SEED,
+        batch_size=32, rating_weight=1.0, seed=seed,
     )  # fmt: skip
     return targets(teacher, [rows[i] for i in kept], [pool[i] for i in kept], frozen)
 

@@ -207,6 +207,15 @@ def _print_lodo(path: Path) -> None:
           f"{gap:+.1f} points")  # fmt: skip
 
 
+def _print_lodo_repeat(first: Path, second: Path) -> None:
+    from training import lodo
+
+    if not (first.exists() and second.exists()):
+        return
+    print(f"\nLeave-one-domain-out repeated with other seeds ({second}, `make lodo-repeat`; A/A):")
+    print(lodo.repeat_table(json.loads(first.read_text()), json.loads(second.read_text())))
+
+
 def _print_lodo_accurate(default: Path, accurate: Path) -> None:
     from training import lodo
 
@@ -232,6 +241,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--lodo", type=Path, default=Path("docs/lodo.json"),
         help="leave-one-domain-out results to print (written by `make lodo`)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--lodo-repeat", type=Path, default=Path("docs/lodo_repeat.json"),
+        help="the same leave-one-domain-out with other seeds (`make lodo-repeat`)",
     )  # fmt: skip
     parser.add_argument(
         "--lodo-accurate", type=Path, default=Path("docs/lodo_accurate.json"),
@@ -266,6 +279,7 @@ def main(argv: list[str] | None = None) -> None:
     _print_gate(results)
     if not args.latency_only:
         _print_lodo(args.lodo)
+        _print_lodo_repeat(args.lodo, args.lodo_repeat)
         _print_lodo_accurate(args.lodo, args.lodo_accurate)
     if args.record:
         args.record.parent.mkdir(parents=True, exist_ok=True)

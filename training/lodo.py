@@ -15,6 +15,11 @@ judge the recipe on unseen domains below its served budget (8,000 rows, the earl
 mean 1.6 points lower, lower on five of the six folds). Results go to docs/lodo.json; `make eval`
 prints the table from it.
 
+One run is one seed per fold, and a held-out domain of a few hundred rows moves by a point or
+more between seeds: `make lodo-repeat` runs the same protocol with every seed shifted
+(`--seed-offset 1`: row sample, initialisation, batch order and fold teacher) into
+docs/lodo_repeat.json, and `make eval` prints both runs side by side (an A/A comparison).
+
     python -m training.lodo --out docs/lodo.json [--examples 16000] [--only tweets,nyt]
 """
 
@@ -76,11 +81,14 @@ def train_without(
     examples_cap: int,
     workdir: Path,
     soft: dict[tuple[str, str], tuple[float, ...]] | None = None,
+    seed_offset: int = 0,
 ) -> Path:
     """Train one reduced-budget model without `left_out`; returns its int8 model directory.
 
     A recipe that distils (`distill` > 0) takes its teacher's targets from a fold teacher that
-    never saw `left_out` (training.distill.fold_targets), unless `soft` gives them."""
+    never saw `left_out` (training.distill.fold_targets), unless `soft` gives them. `seed_offset`
+    shifts every seed (row sample, initialisation, batch order): 0 is the recorded run, another
+    value a repeat that shows the noise of one fold."""
     from training import distill
     from training.export import derive_int8, export_checkpoint
     from training.modeling import from_base, save_trained
@@ -93,16 +101,17 @@ def train_without(
         training_tokenizer,
     )  # fmt: skip
 
-    random.seed(SEED)
-    torch.manual_seed(SEED)
-    rng = random.Random(SEED)
+    seed = SEED + seed_offset
+    random.seed(seed)
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
     examples, _ = assemble(recipe, exclude_sources=left_out)
     if examples_cap and len(examples) > examples_cap:
-        examples = random.Random(SEED + 5).sample(examples, examples_cap)
+        examples = random.Random(seed + 5).sample(examples, examples_cap)
     weight = float(recipe.get("distill", 0.0))
     if weight > 0:
         if soft is None:
-            soft = distill.fold_targets(recipe, left_out, examples_cap)
+            soft = distill.fold_targets(recipe, left_out, examples_cap, seed_offset=seed_offset)
         examples = distill.attach(examples, soft)
         print(f"{sum(e.soft is not None for e in examples)} of {len(examples)} rows distilled")
     base = base_model_dir()
@@ -121,7 +130,9 @@ def train_without(
     return workdir / "int8"
 
 
-def run(recipe: dict[str, Any], served: Path, examples_cap: int, only: list[str]) -> dict[str, Any]:
+def run(
+    recipe: dict[str, Any], served: Path, examples_cap: int, only: list[str], seed_offset: int = 0
+) -> dict[str, Any]:
     """Every domain's LODO, VADER and served-default figures."""
     from functions.sentiment.model import Classifier
     from training import distill
@@ -138,10 +149,14 @@ def run(recipe: dict[str, Any], served: Path, examples_cap: int, only: list[str]
         soft = None
         if float(recipe.get("distill", 0.0)) > 0:  # one fold teacher per left-out set
             if left_out not in folds:
-                folds[left_out] = distill.fold_targets(recipe, left_out, examples_cap)
+                folds[left_out] = distill.fold_targets(
+                    recipe, left_out, examples_cap, seed_offset=seed_offset
+                )
             soft = folds[left_out]
         with tempfile.TemporaryDirectory(prefix=f"lodo-{name}-") as tmp:
-            int8 = train_without(recipe, left_out, examples_cap, Path(tmp), soft=soft)
+            int8 = train_without(
+                recipe, left_out, examples_cap, Path(tmp), soft=soft, seed_offset=seed_offset
+            )
             lodo = figures(onnx_scorer(Classifier.load(int8)), rows, binary)
             shutil.rmtree(int8.parent / "checkpoint", ignore_errors=True)
         out[name] = {
@@ -230,6 +245,43 @@ def comparison_means(default: dict[str, Any], accurate: dict[str, Any]) -> dict[
     }
 
 
+def repeat_table(first: dict[str, Any], second: dict[str, Any]) -> str:
+    """Two runs of the same protocol with different seeds (an A/A comparison): each fold's LODO
+    int8 accuracy in both, the difference, and the two-seed mean against VADER. The spread of
+    the differences is the noise one run's figures carry."""
+    names = [n for n in first["domains"] if n in second["domains"]]
+    lines = [
+        "| held-out domain | seed offset 0 | seed offset 1 | difference (points) |",
+        "|---|---|---|---|",
+    ]
+    diffs = []
+    for n in names:
+        a = first["domains"][n]["lodo_int8"]["accuracy"]
+        b = second["domains"][n]["lodo_int8"]["accuracy"]
+        diffs.append(100 * (b - a))
+        lines.append(f"| {n} | {a:.3f} | {b:.3f} | {diffs[-1]:+.2f} |")
+    m = repeat_means(first, second)
+    shift = 100 * (m["second"] - m["first"])
+    lines.append(f"| **mean** | {m['first']:.3f} | {m['second']:.3f} | {shift:+.2f} |")
+    gap = 100 * (m["both"] - m["vader"])
+    return "\n".join(lines) + (
+        f"\n\nper-fold difference: mean absolute {np.mean(np.abs(diffs)):.2f} points, largest "
+        f"{np.max(np.abs(diffs)):.2f}; two-seed LODO mean {m['both']:.3f} vs VADER "
+        f"{m['vader']:.3f}: {gap:+.2f} points"
+    )
+
+
+def repeat_means(first: dict[str, Any], second: dict[str, Any]) -> dict[str, float]:
+    """LODO mean accuracy of each run and of both (over the domains both ran), and VADER's."""
+    names = [n for n in first["domains"] if n in second["domains"]]
+
+    def mean(result: dict[str, Any], key: str) -> float:
+        return float(np.mean([result["domains"][n][key]["accuracy"] for n in names]))
+
+    a, b = mean(first, "lodo_int8"), mean(second, "lodo_int8")
+    return {"first": a, "second": b, "both": (a + b) / 2, "vader": mean(first, "vader")}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -239,6 +291,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--examples", type=int, default=16000, help="rows per run (0 = all)")
     parser.add_argument("--only", default=",".join(DOMAINS), help="comma-separated domains")
     parser.add_argument("--out", type=Path, default=Path("docs/lodo.json"))
+    parser.add_argument(
+        "--seed-offset", type=int, default=0,
+        help="shift every seed: 0 is the recorded run, 1 its repeat (`make lodo-repeat`)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     only = [d for d in args.only.split(",") if d]
     unknown = sorted(set(only) - set(DOMAINS))
@@ -246,13 +302,14 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"unknown domain(s) {unknown}; known: {', '.join(DOMAINS)}")
     recipe = json.loads((args.checkpoint / "training.json").read_text())
     started = time.monotonic()
-    domains = run(recipe, args.served, args.examples, only)
+    domains = run(recipe, args.served, args.examples, only, args.seed_offset)
     teacher_rows = f"up to {args.examples:,}" if args.examples else "all"
     result = {
         "protocol": {
             "recipe": {k: v for k, v in recipe.items() if k not in ("data", "calibration")},
             "epochs": 1.0,
             "examples_per_run": args.examples,
+            "seed_offset": args.seed_offset,
             "films_held_out_together": True,
             "evaluated": "int8 (dynamic, per-channel) through the serving Classifier",
             **(
