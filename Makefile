@@ -9,6 +9,8 @@ BIN := $(VENV)/bin
 PYTHON := $(BIN)/python
 STAMP := $(VENV)/.installed
 MODELS := models
+# The default model's version, written into its manifests by `make export` (bump it with a retrain).
+MODEL_VERSION := 1.1.0
 DEFAULT_MODEL := $(MODELS)/minilm-sentiment-int8
 PORT ?= 8080
 
@@ -100,7 +102,7 @@ train: $(STAMP) $(TEACHER) ## Retrain the default model (~45 min on 2 cores, plu
 
 export: $(STAMP) ## Export the checkpoint to fp32 ONNX and derive int8 (refused if it loses > 1 point on a held-out set)
 	$(PYTHON) -m training.export checkpoint --checkpoint $(MODELS)/minilm-sentiment-checkpoint \
-	  --out $(MODELS)/minilm-sentiment-fp32
+	  --out $(MODELS)/minilm-sentiment-fp32 --version $(MODEL_VERSION)
 	$(PYTHON) -m training.export int8 --src $(MODELS)/minilm-sentiment-fp32 \
 	  --out $(MODELS)/minilm-sentiment-int8
 

@@ -93,6 +93,14 @@ def test_committed_models_verify_and_agree() -> None:
     texts = ["I love it", "I hate it", "It is a table."]
     assert [p.label for p in fp32.predict(texts)] == ["positive", "negative", "neutral"]
     assert [p.label for p in int8.predict(texts)] == ["positive", "negative", "neutral"]
+    # `make export` stamps MODEL_VERSION: the committed directories carry the Makefile's version.
+    makefile = (ROOT / "Makefile").read_text()
+    version = next(
+        line.split(":=")[1].strip()
+        for line in makefile.splitlines()
+        if line.startswith("MODEL_VERSION :=")
+    )
+    assert fp32.manifest.version == int8.manifest.version == version
 
 
 def test_fp32_padding_does_not_change_results() -> None:
