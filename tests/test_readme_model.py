@@ -169,3 +169,10 @@ def test_lodo_repeat_shows_the_a_a_difference(tmp_path: Path) -> None:
     prose = " ".join(block.split())
     assert "mean absolute 2.50 points, largest 3.00" in prose
     assert "two-seed LODO mean 0.652 vs VADER 0.500: +15.25 points" in prose
+    # A repeat of another protocol is not shown as the noise of this one.
+    other = result(0.63, 0.68)
+    other["protocol"]["examples_per_run"] = 8000
+    (docs / "lodo_repeat.json").write_text(json.dumps(other))
+    prose = " ".join(section(models, docs).split())
+    assert "the repeat ran another protocol (examples_per_run differ)" in prose
+    assert "two-seed" not in prose

@@ -285,6 +285,16 @@ def repeat_table(first: dict[str, Any], second: dict[str, Any]) -> str:
     """Two runs of the same protocol with different seeds (an A/A comparison): each fold's LODO
     int8 accuracy in both, the difference, and the two-seed mean against VADER. The spread of
     the differences is the noise one run's figures carry."""
+    differ = sorted(
+        k
+        for k in set(first["protocol"]) | set(second["protocol"])
+        if k != "seed_offset" and first["protocol"].get(k) != second["protocol"].get(k)
+    )
+    if differ:
+        return (
+            f"the repeat ran another protocol ({', '.join(differ)} differ): rerun "
+            "`make lodo-repeat` after `make lodo`"
+        )
     names = [n for n in first["domains"] if n in second["domains"]]
     lines = [
         "| held-out domain | seed offset 0 | seed offset 1 | difference (points) |",
