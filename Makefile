@@ -112,6 +112,7 @@ eval: $(STAMP) ## Held-out accuracy, macro-F1, Pearson and latency for fp32, int
 
 lodo: $(STAMP) $(ACCURATE_CACHE) ## Leave-one-domain-out: the recipe (and its fold teachers) trained without each domain, int8 -> docs/lodo.json (~57 min on 2 cores)
 	$(PYTHON) -m training.lodo --examples 16000 --out docs/lodo.json
+	$(PYTHON) -m scripts.readme_model --write
 
 lodo-repeat: $(STAMP) $(ACCURATE_CACHE) ## make lodo again with every seed shifted (A/A: the noise of one run) -> docs/lodo_repeat.json (~57 min)
 	$(PYTHON) -m training.lodo --examples 16000 --seed-offset 1 --out docs/lodo_repeat.json

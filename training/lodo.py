@@ -176,6 +176,11 @@ def run(
     return out
 
 
+def differing(a: dict[str, Any], b: dict[str, Any], ignore: frozenset[str]) -> list[str]:
+    """Keys whose values differ between `a` and `b` (missing counts as different), but `ignore`."""
+    return sorted(k for k in set(a) | set(b) if k not in ignore and a.get(k) != b.get(k))
+
+
 # Recipe keys a LODO run does not read: every fold trains 1 epoch on its own row budget.
 NOT_LODO_INPUTS = frozenset({"epochs", "steps", "seconds", "data", "calibration"})
 
@@ -190,11 +195,7 @@ def refresh_served(path: Path, served: Path, recipe: dict[str, Any]) -> None:
 
     result = json.loads(path.read_text())
     recorded = result["protocol"]["recipe"]
-    changed = sorted(
-        k
-        for k in set(recorded) | set(recipe)
-        if k not in NOT_LODO_INPUTS and recorded.get(k) != recipe.get(k)
-    )
+    changed = differing(recorded, recipe, NOT_LODO_INPUTS)
     if changed:
         raise SystemExit(f"{path}: the recipe changed ({', '.join(changed)}); run `make lodo`")
     default = onnx_scorer(Classifier.load(served))
@@ -285,11 +286,7 @@ def repeat_table(first: dict[str, Any], second: dict[str, Any]) -> str:
     """Two runs of the same protocol with different seeds (an A/A comparison): each fold's LODO
     int8 accuracy in both, the difference, and the two-seed mean against VADER. The spread of
     the differences is the noise one run's figures carry."""
-    differ = sorted(
-        k
-        for k in set(first["protocol"]) | set(second["protocol"])
-        if k != "seed_offset" and first["protocol"].get(k) != second["protocol"].get(k)
-    )
+    differ = differing(first["protocol"], second["protocol"], frozenset({"seed_offset"}))
     if differ:
         return (
             f"the repeat ran another protocol ({', '.join(differ)} differ): rerun "
