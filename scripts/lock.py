@@ -45,17 +45,34 @@ TRAIN_HEADER = """\
 """
 
 
+def without_extras(text: str) -> str:
+    """A lock file's text as a constraints file: pip refuses extras in constraints
+    (`coverage[toml]==7.17.5` -> `coverage==7.17.5`); nothing else changes."""
+    return re.sub(r"^([A-Za-z0-9][A-Za-z0-9._-]*)\[[^\]]*\]", r"\1", text, flags=re.MULTILINE)
+
+
+def as_constraint(lock: Path) -> Path:
+    """A copy of `lock` under build/lock that pip accepts as a constraints file."""
+    out = WORK / f"{lock.stem}.constraints.txt"
+    out.write_text(without_extras(lock.read_text()))
+    return out
+
+
 def compile_lock(
     src: Path, out: Path, *, hashes: bool, constraints: list[Path], upgrade: bool
 ) -> None:
-    """Run pip-compile for one input file and write `out`."""
+    """Run pip-compile for one input file and write `out`.
+
+    Extras stay in the lock (`--no-strip-extras`): when one package asks for another with an
+    extra (pytest-cov wants `coverage[toml]`), a hashed install is refused unless the pin names
+    the extra too. The constraints passed to the next lock are copies without them."""
     cmd = [
         sys.executable,
         "-m",
         "piptools",
         "compile",
         "--quiet",
-        "--strip-extras",
+        "--no-strip-extras",
         "--allow-unsafe",
         "--no-emit-index-url",
         "--no-emit-find-links",
@@ -68,12 +85,18 @@ def compile_lock(
         cmd.append("--generate-hashes")
     if upgrade:
         cmd.append("--upgrade")
-    for path in constraints:
-        cmd += ["--constraint", str(path.relative_to(ROOT))]
+    copies = {str(as_constraint(path).relative_to(ROOT)): path for path in constraints}
+    for copy in copies:
+        cmd += ["--constraint", copy]
     cmd.append(str(src.relative_to(ROOT)))
     env = {**os.environ, "CUSTOM_COMPILE_COMMAND": "make lock"}
     print("+", " ".join(cmd[3:]), flush=True)
     subprocess.run(cmd, cwd=ROOT, env=env, check=True)
+    # The "# via -c ..." annotations name the lock the pin came from, not its temporary copy.
+    text = out.read_text()
+    for copy, path in copies.items():
+        text = text.replace(copy, str(path.relative_to(ROOT)))
+    out.write_text(text)
 
 
 def write_inputs(pyproject: dict[str, object]) -> dict[str, Path]:
