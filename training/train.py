@@ -122,6 +122,7 @@ def fit(
     rating_weight: float = 0.0,
     distill: float = 0.0,
     temperature: float = 1.0,
+    raters: float = 0.0,
     progress: Progress | None = None,
     trainable: Callable[[str], bool] = all_but_word_embeddings,
 ) -> int:
@@ -150,7 +151,7 @@ def fit(
                 break
             ids, mask = padded(tokenizer.encode_batch([e.text for e in batch]), pad_id)
             out = model(input_ids=ids, attention_mask=mask)
-            loss = batch_loss(out.logits, batch, rating_weight, distill, temperature)
+            loss = batch_loss(out.logits, batch, rating_weight, distill, temperature, raters)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optim.step()
@@ -192,9 +193,14 @@ def batch_loss(
     rating_weight: float,
     distill: float = 0.0,
     temperature: float = 1.0,
+    raters: float = 0.0,
 ) -> torch.Tensor:
     """Cross-entropy on the labels plus, for rows with a rating, `rating_weight` times the squared
     error between P(positive) - P(negative) and the rating (3-class default labels only).
+
+    Rows carrying their rater panel's class probabilities (`raters`, data.panel_probabilities)
+    take, with weight `raters`, the cross-entropy against those probabilities in place of the
+    cross-entropy against the thresholded label (1: the panel's probabilities alone).
 
     Rows carrying a teacher's log-probabilities (`soft`) mix, per row, `1 - distill` of the
     cross-entropy with `distill` of the KL divergence from the teacher at `temperature` (scaled
@@ -203,6 +209,13 @@ def batch_loss(
     per_row = functional.cross_entropy(
         logits, torch.tensor([e.label for e in batch]), reduction="none"
     )
+    panel = [i for i, e in enumerate(batch) if getattr(e, "raters", None) is not None]
+    if panel and raters:
+        target = torch.tensor([batch[i].raters for i in panel], dtype=logits.dtype)  # type: ignore[attr-defined]
+        soft_ce = -(target * logits[panel].log_softmax(-1)).sum(-1)
+        mixed = per_row.clone()
+        mixed[panel] = (1 - raters) * per_row[panel] + raters * soft_ce
+        per_row = mixed
     soft = [i for i, e in enumerate(batch) if getattr(e, "soft", None) is not None]
     if soft and distill:
         teacher = torch.tensor([batch[i].soft for i in soft], dtype=logits.dtype)  # type: ignore[attr-defined]
@@ -315,6 +328,11 @@ def main(argv: list[str] | None = None) -> None:
     )  # fmt: skip
     parser.add_argument("--temperature", type=float, default=2.0, help="distillation temperature")
     parser.add_argument(
+        "--raters", type=float, default=0.0,
+        help="weight of the Hutto rows' rater-panel class probabilities against their thresholded "
+        "labels (0: labels only; data.panel_probabilities)",
+    )  # fmt: skip
+    parser.add_argument(
         "--freeze-layers", type=int, default=0,
         help="keep the embeddings and this many of the lowest encoder layers frozen (0: train all "
         "but the word embeddings)",
@@ -358,7 +376,7 @@ def main(argv: list[str] | None = None) -> None:
     total = fit(
         model, examples, tokenizer, epochs=args.epochs, lr=args.lr,
         batch_size=args.batch_size, rng=rng, rating_weight=args.rating_weight,
-        distill=args.distill, temperature=args.temperature, progress=report,
+        distill=args.distill, temperature=args.temperature, raters=args.raters, progress=report,
         trainable=trainable_for({"freeze_layers": args.freeze_layers}),
     )  # fmt: skip
     seconds = round(time.monotonic() - started, 1)
@@ -380,6 +398,7 @@ def main(argv: list[str] | None = None) -> None:
                 "rating_weight": args.rating_weight,
                 **recipe,
                 **({"freeze_layers": args.freeze_layers} if args.freeze_layers > 0 else {}),
+                **({"raters": args.raters} if args.raters > 0 else {}),
                 **(teacher if args.distill > 0 else {}),
                 "calibration": calibration,
                 "examples": len(examples),
