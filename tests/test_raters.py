@@ -72,3 +72,24 @@ def test_loss_uses_the_panel_in_place_of_the_label() -> None:
     batch_loss(moving, rows, 0.0, raters=1.0).backward()
     assert moving.grad is not None
     assert moving.grad[1, 2] < 0
+
+
+def test_cached_rows_take_their_panels_in_order() -> None:
+    """The accurate recipe's cached rows (no text) get the panels of the rows they were drawn
+    from (accurate.with_raters); rows cached before the field existed read as None."""
+    torch = pytest.importorskip("torch", reason="training dependency group not installed")
+    pytest.importorskip("transformers")
+    import json
+    from pathlib import Path
+
+    from training import accurate
+
+    recipe_dir = Path("models/minilm-sentiment-checkpoint")
+    recipe = json.loads((recipe_dir / "training.json").read_text())
+    drawn = accurate.pool(recipe, 300)
+    rows = [accurate.Row(torch.zeros(1, 1), e.label, e.source, e.rating) for e in drawn]
+    assert all(r.raters is None for r in rows)
+    taught = accurate.with_raters(rows, recipe_dir)
+    assert [r.raters for r in taught] == [e.raters for e in drawn]
+    assert any(r.raters is not None for r in taught)
+    assert any(r.raters is None for r in taught)  # CrowdFlower rows have no panel

@@ -33,7 +33,7 @@ import shutil
 import tempfile
 import time
 import types
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +121,9 @@ class Row:
     label: int
     source: str
     rating: float | None
+    # The Hutto rater panel's class probabilities (data.Example.raters), attached at training time
+    # (`with_raters`); caches pickled before the field load with None.
+    raters: tuple[float, float, float] | None = None
 
 
 def tokenizer(max_tokens: int, base: Path | None = None) -> Any:
@@ -197,8 +200,10 @@ def fit_top(
     batch_size: int,
     rating_weight: float,
     seed: int,
+    raters: float = 0.0,
 ) -> int:
-    """Train the layers above `frozen` and the head on cached rows; returns optimizer steps."""
+    """Train the layers above `frozen` and the head on cached rows; returns optimizer steps.
+    `raters` weighs the rows' rater-panel probabilities against their labels (train.batch_loss)."""
     from training.train import batch_loss, optimizer
 
     rng = random.Random(seed)
@@ -219,7 +224,7 @@ def fit_top(
         mask = torch.zeros(hidden.shape[:2], dtype=torch.long)
         for i, r in enumerate(batch):
             mask[i, : r.hidden.shape[0]] = 1
-        loss = batch_loss(model.upper(hidden, mask, frozen), batch, rating_weight)
+        loss = batch_loss(model.upper(hidden, mask, frozen), batch, rating_weight, raters=raters)
         loss.backward()
         nn.utils.clip_grad_norm_(params, 1.0)
         optim.step()
@@ -331,18 +336,31 @@ def cmd_cache(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}: {json.dumps(info)}", flush=True)
 
 
+def with_raters(rows: list[Row], recipe_dir: Path) -> list[Row]:
+    """The cached rows with their rater-panel probabilities (the cache keeps no text: the rows'
+    examples are drawn again from the recipe the cache was built from, checked row by row)."""
+    from training import distill
+
+    recipe = json.loads((recipe_dir / "training.json").read_text())
+    examples = distill.cached_examples(recipe, rows)
+    return [replace(r, raters=e.raters) for r, e in zip(rows, examples, strict=True)]
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     rows, cache_info = _load_cache(args.cache)
     frozen = int(cache_info["frozen_layers"])
+    if args.raters > 0:
+        rows = with_raters(rows, args.recipe)
     model = MeanPoolingMPNet(base_dir(), data.LABELS)
     started = time.monotonic()
     steps = fit_top(
         model, rows, frozen, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-        rating_weight=args.rating_weight, seed=SEED,
+        rating_weight=args.rating_weight, seed=SEED, raters=args.raters,
     )  # fmt: skip
     info = {
         "seed": SEED, "labels": list(data.LABELS), "epochs": args.epochs, "lr": args.lr,
         "batch_size": args.batch_size, "rating_weight": args.rating_weight,
+        **({"raters": args.raters} if args.raters > 0 else {}),
         "max_tokens": TRAIN_MAX_TOKENS, "rows": len(rows), "steps": steps,
         "seconds": round(time.monotonic() - started, 1), "cache_seconds": cache_info["seconds"],
         "data": "a seeded sample of the default recipe's rows (models/minilm-sentiment-checkpoint"
@@ -418,6 +436,14 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--lr", type=float, default=1e-4)
     t.add_argument("--batch-size", type=int, default=32)
     t.add_argument("--rating-weight", type=float, default=1.0)
+    t.add_argument(
+        "--raters", type=float, default=0.0,
+        help="weight of the Hutto rows' rater-panel probabilities against their labels (0: off)",
+    )  # fmt: skip
+    t.add_argument(
+        "--recipe", type=Path, default=Path("models/minilm-sentiment-checkpoint"),
+        help="the checkpoint whose training.json the cache was drawn from (with --raters)",
+    )  # fmt: skip
     t.add_argument("--out", type=Path, default=Path("models/mpnet-sentiment-checkpoint"))
     t.set_defaults(run=cmd_train)
     e = sub.add_parser("export", help="fp32 ONNX and the gated int8 model from a checkpoint")
