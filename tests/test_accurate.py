@@ -222,3 +222,20 @@ def test_fold_teacher_never_sees_the_held_out_domain(
     monkeypatch.setattr(accurate, "pool", lambda recipe, n: examples[1 : n + 1])
     with pytest.raises(SystemExit, match="does not match"):
         distill.fold_targets({"teacher_lr": 1e-3}, left_out, 100, cache)
+
+
+def test_score_counts_the_argmax_by_source(tiny_mpnet: Path) -> None:
+    model = accurate.MeanPoolingMPNet(tiny_mpnet, data.LABELS).eval()
+    tok = accurate.tokenizer(32, tiny_mpnet)
+    rows = [data.Example(t, i % 3, f"s{i % 2}") for i, t in enumerate(TEXTS * 20)]
+    counts = accurate.score(model, tok, rows)
+    want: dict[str, list[int]] = {}
+    with torch.inference_mode():
+        for e in rows:
+            ids, mask = padded(tok.encode_batch([e.text]), tok.token_to_id("[PAD]"))
+            right = int(model(ids, mask).logits.argmax(-1).item() == e.label)
+            cell = want.setdefault(e.source, [0, 0])
+            cell[0] += 1
+            cell[1] += right
+    assert counts == want
+    assert sum(c[0] for c in counts.values()) == len(rows)
