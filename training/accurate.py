@@ -132,6 +132,12 @@ def tokenizer(max_tokens: int, base: Path | None = None) -> Any:
     return training_tokenizer((base or base_dir()) / "tokenizer.json", max_tokens)
 
 
+def padding_id(tok: Any) -> int:
+    """The padding token's id: MPNet's `<pad>`, or `[PAD]` (the tests' tiny WordPiece)."""
+    pad_id = tok.token_to_id("<pad>")
+    return int(pad_id if pad_id is not None else tok.token_to_id("[PAD]"))
+
+
 def pool(recipe: dict[str, Any], rows: int) -> list[data.Example]:
     """A seeded sample of `rows` distinct training rows of the default recipe's mix."""
     from training.train import assemble
@@ -154,9 +160,7 @@ def build_cache(
 
     base = base or base_dir()
     tok = tokenizer(TRAIN_MAX_TOKENS, base)
-    pad_id = tok.token_to_id("<pad>")
-    if pad_id is None:
-        pad_id = tok.token_to_id("[PAD]")
+    pad_id = padding_id(tok)
     model = MeanPoolingMPNet(base, data.LABELS).eval()
     encodings = tok.encode_batch([e.text for e in examples])
     order = sorted(range(len(examples)), key=lambda i: len(encodings[i].ids))
@@ -374,9 +378,7 @@ def score(model: MeanPoolingMPNet, tok: Any, examples: list[data.Example]) -> di
     """[rows, right] by source of `model`'s argmax against the labels (length-sorted batches)."""
     from training.modeling import padded
 
-    pad_id = tok.token_to_id("<pad>")
-    if pad_id is None:
-        pad_id = tok.token_to_id("[PAD]")
+    pad_id = padding_id(tok)
     rows = sorted(examples, key=lambda e: len(e.text))
     by_source: dict[str, list[int]] = {}
     with torch.inference_mode():

@@ -20,6 +20,7 @@ machines and library versions.
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import importlib.util
 import math
@@ -99,6 +100,7 @@ def panel_probabilities(ratings: list[float]) -> tuple[float, float, float]:
     return (negative, max(0.0, 1.0 - negative - positive), positive)
 
 
+@functools.cache  # installed package data: read once per process
 def _panels(source: str) -> dict[str, tuple[float, tuple[float, float, float]]]:
     """(panel mean, panel_probabilities) of every row of a Hutto source, by id, from its
     per-rater file."""

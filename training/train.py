@@ -187,6 +187,15 @@ def optimizer(
     return optim, torch.optim.lr_scheduler.LambdaLR(optim, lr_at)
 
 
+def _blend(
+    per_row: torch.Tensor, rows: list[int], weight: float, other: torch.Tensor
+) -> torch.Tensor:
+    """`per_row` with `rows` replaced by (1 - weight) of their value plus weight times `other`."""
+    mixed = per_row.clone()
+    mixed[rows] = (1 - weight) * per_row[rows] + weight * other
+    return mixed
+
+
 def batch_loss(
     logits: torch.Tensor,
     batch: Sequence[Rated],
@@ -213,9 +222,7 @@ def batch_loss(
     if panel and raters:
         target = torch.tensor([batch[i].raters for i in panel], dtype=logits.dtype)  # type: ignore[attr-defined]
         soft_ce = -(target * logits[panel].log_softmax(-1)).sum(-1)
-        mixed = per_row.clone()
-        mixed[panel] = (1 - raters) * per_row[panel] + raters * soft_ce
-        per_row = mixed
+        per_row = _blend(per_row, panel, raters, soft_ce)
     soft = [i for i, e in enumerate(batch) if getattr(e, "soft", None) is not None]
     if soft and distill:
         teacher = torch.tensor([batch[i].soft for i in soft], dtype=logits.dtype)  # type: ignore[attr-defined]
@@ -226,9 +233,7 @@ def batch_loss(
             log_target=True,
             reduction="none",
         ).sum(-1) * (t * t)
-        mixed = per_row.clone()
-        mixed[soft] = (1 - distill) * per_row[soft] + distill * kl
-        per_row = mixed
+        per_row = _blend(per_row, soft, distill, kl)
     loss = per_row.mean()
     rated = [i for i, e in enumerate(batch) if e.rating is not None]
     if rated and rating_weight:
