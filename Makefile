@@ -192,11 +192,11 @@ clean: ## Remove build output and caches (keeps .venv)
 image: ## Build the CPU int8 image with Debian's Docker engine, run it as non-root, report size and cold start (root; ~5-7 min)
 	bash scripts/build_image.sh
 
-# The size budget is the default image's (450 MB) plus the larger model's directory.
+# The size budget is the default image's (250 MiB) plus the larger model's directory.
 image-accurate: accurate ## The cpu-accurate-int8 image, as `make image` builds and checks the default one (root)
 	VARIANT=cpu-accurate-int8 MODEL_DIR=$(ACCURATE_INT8) \
 	  IMAGE=kubesentiment/sentiment-cpu-accurate-int8:local \
-	  MAX_IMAGE_MB=$$((450 + $$(du -sm $(ACCURATE_INT8) | cut -f1))) bash scripts/build_image.sh
+	  MAX_IMAGE_MIB=$$((250 + $$(du -sm $(ACCURATE_INT8) | cut -f1))) bash scripts/build_image.sh
 
 image-gpu: accurate-fp16 ## GPU fp16 image of the accurate model (needs a CUDA base image and a registry; not possible on our machines)
 	docker build --target gpu --build-arg VARIANT=gpu-fp16 --build-arg MODEL_DIR=$(ACCURATE_FP16) \
