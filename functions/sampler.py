@@ -17,8 +17,9 @@ function does by default), so it is what the function would answer. Three kinds 
   far, so clusters of uncertain texts that the smallest margins miss are covered.
 
 No two non-random picks are near-duplicates of each other or of a random pick: cosine similarity
-of the served model's mean-pooled sentence embeddings above `--near-duplicate` (0.95: on held-out
-tweets fewer than 0.1 % of pairs of distinct uncertain texts score above 0.85). The embedding is
+of the served model's mean-pooled sentence embeddings above `--near-duplicate` (0.95; high,
+because a sentiment-tuned embedding puts any two confident texts of one sentiment close
+together, while a lower-cased or re-spaced copy of a text stays above it). The embedding is
 fetched from the served graph itself (`functions.pooled`), so the sampler needs only onnxruntime,
 tokenizers and numpy and runs inside the serving image. The output interleaves the three kinds in
 proportion, so a person who stops early still has random rows in their share. Same input, model
@@ -32,6 +33,7 @@ import json
 import math
 import random
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -232,6 +234,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None, stderr: TextIO = sys.stderr) -> int:
     """The CLI; returns the exit status (2 with one line on stderr for bad input)."""
     args = parse_args(argv)
+    started = time.monotonic()
     try:
         read = texts.read(args.input)
         scorer = Scorer(args.model, args.threads)
@@ -267,7 +270,7 @@ def main(argv: Sequence[str] | None = None, stderr: TextIO = sys.stderr) -> int:
         f"sampler: {len(picks)} of {len(read.texts)} distinct texts "
         f"({read.duplicates} duplicates dropped, {read.skipped_events} other events skipped): "
         + ", ".join(f"{v} {k}" for k, v in kinds.items())
-        + f"; margins from {how}",
+        + f"; margins from {how}; {time.monotonic() - started:.1f} s",
         file=stderr,
     )
     return 0
