@@ -203,6 +203,14 @@ class Browser:
             raise BrowserError(f"no element {selector!r}")
         self.call("DOM.setFileInputFiles", session=True, nodeId=node["nodeId"], files=[str(path)])
 
+    def drop_file(self, path: Path, at: tuple[int, int] = (400, 150)) -> None:
+        """Drag `path` from outside the browser and drop it at the point `at` of the page."""
+        data = {"items": [], "files": [str(path)], "dragOperationsMask": 1}
+        for kind in ("dragEnter", "dragOver", "drop"):
+            self.call(
+                "Input.dispatchDragEvent", session=True, type=kind, x=at[0], y=at[1], data=data
+            )
+
     def press(self, key: str) -> None:
         """Press and release one key (a name from KEYS)."""
         code, vk, text = KEYS[key]

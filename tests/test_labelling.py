@@ -145,6 +145,27 @@ def test_with_api_keys_the_page_opens_only_for_a_valid_key(
         browser.wait_for("document.body.dataset.labelled === '1'")
 
 
+@pytest.mark.integration
+@pytest.mark.slow
+def test_a_dropped_file_loads_and_a_broken_one_is_reported(
+    live_server: Callable[..., LiveServer], tmp_path: Path
+) -> None:
+    need_chromium()
+    server = live_server({"ORT_INTRA_OP_THREADS": "1", "LABELLING": "on"})
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"id": "a", "text": "fine"}\n{"id": "b", "text": \n', "utf-8")
+    with cdp.Browser() as browser:
+        browser.open(f"{server.url}/label")
+        browser.drop_file(broken)
+        browser.wait_for("document.body.dataset.state === 'error'")
+        error = browser.evaluate("document.getElementById('error').textContent")
+        assert error == "broken.jsonl: line 2: not JSON"
+        browser.drop_file(labelling_file(tmp_path))
+        browser.wait_for("document.body.dataset.state === 'labelling'")
+        assert browser.evaluate("document.getElementById('error').textContent") == ""
+        assert browser.evaluate("document.getElementById('text').textContent") == ROWS[0]["text"]
+
+
 def test_off_by_default(client: TestClient) -> None:
     assert Settings().labelling is False
     for path in (labelling.PATH, labelling.APP_PATH):

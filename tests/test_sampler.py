@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -24,7 +26,7 @@ from functions.sentiment.model import Classifier, padded_feeds
 from functions.sentiment.payload_log import build_event
 from shared.config import Settings
 from shared.metrics import Metrics
-from tests.conftest import DEFAULT_MODEL, FP32_MODEL
+from tests.conftest import DEFAULT_MODEL, FP32_MODEL, ROOT
 
 # Margins under the default int8 model (checked in `scored_margins`): the model hesitates on these
 AMBIGUOUS = (
@@ -337,3 +339,21 @@ def test_a_graph_without_mean_pooling_is_refused() -> None:
         pooled.pooled_name(raw)
     with pytest.raises(pooled.GraphError, match="not an ONNX model"):
         pooled.pooled_name(b"\x0a\xff")
+
+
+def test_the_sampler_runs_on_the_serving_dependencies_alone(tmp_path: Path) -> None:
+    """Neither onnx nor torch (training dependencies, not in the serving image) is imported."""
+    source = write_rows(tmp_path / "in.jsonl", [*AMBIGUOUS, *CONFIDENT])
+    out = tmp_path / "out.jsonl"
+    args = [str(source), "-n", "5", "--threads", "1", "--out", str(out)]
+    check = (
+        "import sys; from functions import sampler\n"
+        f"code = sampler.main({args!r})\n"
+        "heavy = {m.split('.')[0] for m in sys.modules} & {'onnx', 'torch', 'transformers'}\n"
+        "print(code, sorted(heavy))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert done.stdout.strip() == "0 []", done.stderr
+    assert len(out.read_text().splitlines()) == 5
