@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import fcntl
 import json
 import os
 import select
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -38,6 +40,13 @@ KEYS = {
 }
 
 
+def _above_9(fd: int) -> int:
+    """The same open file on a descriptor above 9 (the original is closed)."""
+    high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10)
+    os.close(fd)
+    return high
+
+
 class BrowserError(RuntimeError):
     """Chromium answered a command with an error, or did not answer in time."""
 
@@ -55,13 +64,21 @@ class Browser:
         self.downloads.mkdir()
         to_browser_r, self._to_browser = os.pipe()
         self._from_browser, from_browser_w = os.pipe()
-
-        def fds() -> None:  # in the child, before exec: the protocol's descriptors 3 and 4
-            os.dup2(to_browser_r, 3)
-            os.dup2(from_browser_w, 4)
-
+        # A fresh Python moves the two pipe ends to descriptors 3 and 4 and execs Chromium: no
+        # preexec_fn, which is unsafe in a process with threads (a test session has some), and
+        # no shell (dash cannot redirect descriptors above 9). The ends are first moved above 9,
+        # so that neither is 3 or 4 itself.
+        r, w = _above_9(to_browser_r), _above_9(from_browser_w)
+        move = (
+            "import os, sys\n"
+            f"os.dup2({r}, 3); os.dup2({w}, 4); os.close({r}); os.close({w})\n"
+            "os.execv(sys.argv[1], sys.argv[1:])"
+        )
         self._proc = subprocess.Popen(
             [
+                sys.executable,
+                "-c",
+                move,
                 binary,
                 "--headless",
                 "--disable-gpu",
@@ -80,11 +97,10 @@ class Browser:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            preexec_fn=fds,
-            pass_fds=(3, 4),
+            pass_fds=(r, w),
         )
-        os.close(to_browser_r)
-        os.close(from_browser_w)
+        os.close(r)
+        os.close(w)
         self._next_id = 0
         self._buffer = b""
         self.events: list[Event] = []
