@@ -7,15 +7,17 @@ import io
 import json
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from cloudevents.core.bindings import http as ce_http
 from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent
 from prometheus_client import CollectorRegistry
@@ -26,7 +28,8 @@ from functions.sentiment.model import Classifier, padded_feeds
 from functions.sentiment.payload_log import build_event
 from shared.config import Settings
 from shared.metrics import Metrics
-from tests.conftest import DEFAULT_MODEL, FP32_MODEL, ROOT
+from tests.conftest import DEFAULT_MODEL, FP32_MODEL, ROOT, LiveServer
+from tests.receiver import Receiver
 
 # Margins under the default int8 model (checked in `scored_margins`): the model hesitates on these
 AMBIGUOUS = (
@@ -357,3 +360,34 @@ def test_the_sampler_runs_on_the_serving_dependencies_alone(tmp_path: Path) -> N
     )
     assert done.stdout.strip() == "0 []", done.stderr
     assert len(out.read_text().splitlines()) == 5
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_from_the_function_s_payload_log_to_a_labelling_file(
+    live_server: Callable[..., LiveServer], tmp_path: Path
+) -> None:
+    """The real wire: a function logs its requests to a sink, the sink's events are stored as
+    structured JSON lines, and the sampler picks from them."""
+    receiver = Receiver().start()
+    try:
+        env = {"PAYLOAD_LOG_SAMPLE": "1", "PAYLOAD_LOG_SINK": receiver.url}
+        server = live_server({**env, "ORT_INTRA_OP_THREADS": "1"})
+        batches = [list(AMBIGUOUS[:3]), [*AMBIGUOUS[3:], *CONFIDENT[:4]], list(CONFIDENT[4:])]
+        with httpx.Client(base_url=server.url, timeout=30.0) as c:
+            for texts_ in batches:
+                assert c.post("/predict", json={"texts": texts_}).status_code == 200
+        received = receiver.wait_for(len(batches), deadline_s=20.0)
+        assert len(received) == len(batches)
+    finally:
+        receiver.stop()
+    stored = tmp_path / "events.jsonl"
+    with stored.open("w", encoding="utf-8") as f:
+        for r in received:
+            event = ce_http.from_binary_event(ce_http.HTTPMessage(headers=r.headers, body=r.body))
+            f.write(JSONFormat().write(event).decode("utf-8") + "\n")
+    out = tmp_path / "batch.jsonl"
+    code, rows, err = run([str(stored), "-n", "6", "--random-share", "0", "--out", str(out)])
+    assert code == 0, err
+    assert "6 of 22 distinct texts" in err
+    assert {r["text"] for r in rows if r["sample"] == "uncertain"} <= set(AMBIGUOUS)
