@@ -213,3 +213,15 @@ def test_expected_csv_is_rfc_4180() -> None:
     for row, label in zip(ROWS, LABELS, strict=True):
         writer.writerow([row["id"], row["text"], label, row["guess"], row["sample"]])
     assert out.getvalue().encode("utf-8") == expected_csv()
+
+
+def test_the_labelled_csv_is_read_by_training(tmp_path: Path) -> None:
+    """What `make finetune` and the adapt job read from the page's export: skipped rows left out,
+    line breaks inside quoted texts kept (RFC 4180), as is U+2028 inside a text."""
+    path = tmp_path / "batch.labels.csv"
+    path.write_bytes(expected_csv() + 'r7,"a\u2028b",positive,neutral,random\r\n'.encode())
+    rows = read_rows(path)
+    assert [(r.text, r.label) for r in rows] == [
+        *((str(row["text"]), label) for row, label in zip(ROWS, LABELS, strict=True) if label),
+        ("a\u2028b", "positive"),
+    ]
