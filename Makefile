@@ -244,6 +244,11 @@ bench-explain: $(STAMP) ## Explanation cost (20 and 100 words vs /predict) and f
 playground-screenshot: $(STAMP) tools ## The playground in headless Chromium -> docs/playground.png (README)
 	$(PYTHON) -m scripts.playground --out docs/playground.png
 
+# Labelling from live traffic: pick texts with the sampler, label them in the page (README).
+.PHONY: labelling-screenshot
+labelling-screenshot: $(STAMP) tools ## The labelling page in headless Chromium on a sampled file -> docs/labelling.png (README)
+	$(PYTHON) -m scripts.labelling --out docs/labelling.png
+
 # Each peer gets its own venv under build/peers/venvs from benchmarks/peers/requirements-*.txt
 # (created on first use, several minutes; not part of the measured run).
 .PHONY: bench-peers bench-peers-quick capacity capacity-quick

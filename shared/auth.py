@@ -31,7 +31,8 @@ from shared.metrics import Metrics
 REALM = "kubesentiment"
 
 # Exact paths that stay open: Knative/kubelet probes, KServe v2 health, the Prometheus scrape, the
-# API description and the playground page (static: no data, no key; its calls need a key).
+# API description, the playground page (static: no data, no key; its calls need a key) and the
+# labelling page's lock (it asks for a key and fetches the page itself from /label/app, guarded).
 OPEN_PATHS = frozenset(
     {
         "/health/liveness",
@@ -41,6 +42,7 @@ OPEN_PATHS = frozenset(
         "/metrics",
         "/openapi.json",
         "/playground",
+        "/label",
     }
 )
 

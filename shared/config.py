@@ -193,6 +193,12 @@ class Settings:
     playground: bool = setting(
         "PLAYGROUND", "on", _bool, "Serve the playground page at `GET /playground`."
     )
+    labelling: bool = setting(
+        "LABELLING",
+        "off",
+        _bool,
+        "Serve the labelling page at `GET /label` (behind the API keys when they are on).",
+    )
     log_level: str = setting(
         "LOG_LEVEL", "INFO", _choice("debug", "info", "warning", "error"), "Log level."
     )

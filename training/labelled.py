@@ -17,6 +17,7 @@ Labels become the model's labels in a stable order (`plan_labels`):
 from __future__ import annotations
 
 import csv
+import io
 import json
 import random
 from collections import Counter
@@ -97,7 +98,9 @@ def _jsonl(path: Path, text: str) -> list[Row]:
 
 
 def _csv(path: Path, text: str, delimiter: str) -> list[Row]:
-    reader = csv.reader(text.splitlines(), delimiter=delimiter)
+    # Not text.splitlines(): a quoted field may hold line breaks (RFC 4180), and splitlines also
+    # breaks at U+2028 and other separators that are part of a text.
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     try:
         header = [h.strip().lower() for h in next(reader)]
         for key in ("text", "label"):

@@ -18,7 +18,15 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from functions.sentiment import cloudevents, explain, kserve, payload_log, playground, rest
+from functions.sentiment import (
+    cloudevents,
+    explain,
+    kserve,
+    labelling,
+    payload_log,
+    playground,
+    rest,
+)
 from functions.sentiment.context import RequestContext
 from functions.sentiment.core import AppState, app_state, error_response, unexpected_response
 from functions.sentiment.lifecycle import StartHook, load_model, remaining, shutdown, startup
@@ -90,6 +98,7 @@ def create_app(
         *kserve.routes(),
         *explain.routes(),
         *playground.routes(settings.playground),
+        *labelling.routes(settings.labelling),
         *(extra_routes or []),
         Route("/metrics", _AsgiEndpoint(make_asgi_app(metrics.registry)), methods=["GET"]),
     ]

@@ -295,11 +295,16 @@ def paths(settings: Settings, model_names: list[str]) -> dict[str, Any]:
 
 
 def _playground(settings: Settings) -> dict[str, Any]:
-    if not settings.playground:
-        return {}
-    page = {"type": "string", "contentMediaType": "text/html"}
-    summary = "The playground page: try /predict with explanations in a browser (PLAYGROUND)"
-    return {"/playground": {"get": _op(summary, {"200": _reply(page, "HTML", "text/html")})}}
+    html = {"200": _reply({"type": "string", "contentMediaType": "text/html"}, "HTML", "text/html")}
+    out: dict[str, Any] = {}
+    if settings.playground:
+        summary = "The playground page: try /predict with explanations in a browser (PLAYGROUND)"
+        out["/playground"] = {"get": _op(summary, html)}
+    if settings.labelling:
+        lock = "The labelling page; with API keys on, a page that asks for one (LABELLING)"
+        out["/label"] = {"get": _op(lock, html)}
+        out["/label/app"] = {"get": _op("The labelling page (LABELLING)", {**html, **_errors(401)})}
+    return out
 
 
 def document(settings: Settings, model_name: str | None = None) -> dict[str, Any]:
