@@ -116,15 +116,17 @@ def judge_completion(data: Mapping[str, Any], policy: Policy) -> Decision:
     )
 
 
-def queries(revision: str, step_s: int) -> dict[str, str]:
+def queries(revision: str, step_s: float) -> dict[str, str]:
     """PromQL for the candidate's requests by status class and its latency buckets, per step.
 
     Evaluated by `query_range` with the same step, each point is the increase over the step
-    before it, so the points of a range add up to the range's total (Prometheus 2.42 PromQL)."""
+    before it, so the points of a range add up to the range's total (Prometheus 2.42 PromQL).
+    The step must span at least two scrapes (the PodMonitors scrape every 15 s)."""
     selector = f'{{knative_revision="{revision}",{INFERENCE_ROUTES}}}'
+    window = f"{step_s:.0f}s" if step_s == int(step_s) else f"{round(step_s * 1000)}ms"
     return {
-        "requests": f"sum by (status_class) (increase({REQUESTS_METRIC}{selector}[{step_s}s]))",
-        "latency": f"sum by (le) (increase({LATENCY_METRIC}{selector}[{step_s}s]))",
+        "requests": f"sum by (status_class) (increase({REQUESTS_METRIC}{selector}[{window}]))",
+        "latency": f"sum by (le) (increase({LATENCY_METRIC}{selector}[{window}]))",
     }
 
 
