@@ -62,6 +62,9 @@ class Completion:
             raise InvalidEvent("the event data lacks base_variant")
         if not isinstance(uri, str) or not uri.startswith(("oci://", "file:///")):
             raise InvalidEvent("model_uri must be an oci:// or file:/// URI")
+        if uri.startswith("oci://") and "@sha256:" not in uri:
+            # The function refuses a tag without a digest: a revision would never get Ready.
+            raise InvalidEvent("an oci:// model_uri must name its digest (@sha256:...)")
         request = data.get("request") or {}
         return cls(
             source=str(event.get_source()),

@@ -29,7 +29,7 @@ import yaml
 from cloudevents.core.bindings import http as ce_http
 from cloudevents.core.v1.event import CloudEvent
 
-from deploy import adapt_events, adapt_rollout, canary, rollout
+from deploy import adapt_events, adapt_rollout, canary, kube, rollout
 from shared.eventid import derived_id
 from tests import fake_kubectl
 from tests.receiver import Receiver
@@ -416,3 +416,101 @@ def test_every_kubectl_call_is_allowed_by_the_jobs_role(tmp_path: Path, receiver
             and name in rule.get("resourceNames", [name])
             for rule in role["rules"]
         ), (verb, kind, name)
+
+
+# --- the pieces, in process -------------------------------------------------------------------
+
+
+def test_an_oci_model_changes_only_model_uri_and_mounts_nothing() -> None:
+    service = live_service()
+    uri = "oci://registry.local:5000/models/adapted@sha256:" + "ab" * 32
+    body = kube.template_patch(service, REVISION, uri, {}, "sentiment-batch-data", "/data")
+    spec = body["spec"]["template"]["spec"]
+    assert set(spec) == {"containers"}
+    before = service["spec"]["template"]["spec"]["containers"][0]
+    after = spec["containers"][0]
+    assert {**after, "env": before["env"]} == before
+    assert after["env"] == [*before["env"], {"name": "MODEL_URI", "value": uri}]
+    # A second rollout replaces MODEL_URI instead of adding another.
+    service["spec"]["template"]["spec"]["containers"] = spec["containers"]
+    again = kube.template_patch(service, REVISION, "oci://r/m@sha256:" + "cd" * 32, {}, "c", "/d")
+    names = [e["name"] for e in again["spec"]["template"]["spec"]["containers"][0]["env"]]
+    assert names.count("MODEL_URI") == 1
+
+
+def test_a_file_uri_outside_the_model_volume_is_refused() -> None:
+    with pytest.raises(ValueError, match="not on the model volume"):
+        kube.template_patch(live_service(), REVISION, "file:///etc/m", {}, "claim", "/data")
+
+
+@pytest.mark.parametrize(
+    ("sha", "ok"),
+    [
+        pytest.param(SHA, True, id="hex"),
+        pytest.param(SHA.upper(), True, id="upper"),
+        pytest.param(SHA[:-1], False, id="short"),
+        pytest.param("z" * 64, False, id="not-hex"),
+    ],
+)
+def test_the_revision_name_comes_from_the_models_sha256(sha: str, ok: bool) -> None:
+    if ok:
+        assert kube.revision_name(SERVICE, sha) == REVISION
+    else:
+        with pytest.raises(ValueError, match="sha256"):
+            kube.revision_name(SERVICE, sha)
+    # The longest Service name still makes a valid revision name (63 characters at most).
+    assert len(kube.revision_name("sentiment-cpu-accurate-int8", SHA)) <= 63
+
+
+@pytest.mark.parametrize(
+    ("revision", "state"),
+    [
+        pytest.param(None, "pending", id="not-created"),
+        pytest.param({"status": {}}, "pending", id="no-conditions"),
+        pytest.param(
+            {"status": {"conditions": [{"type": "Ready", "status": "Unknown"}]}},
+            "pending",
+            id="unknown",
+        ),
+        pytest.param(
+            {"status": {"conditions": [{"type": "Ready", "status": "True"}]}}, "ready", id="ready"
+        ),
+        pytest.param(
+            {
+                "metadata": {"generation": 2},
+                "status": {
+                    "observedGeneration": 1,
+                    "conditions": [{"type": "Ready", "status": "True"}],
+                },
+            },
+            "pending",
+            id="stale-status",
+        ),
+        pytest.param(
+            {
+                "status": {
+                    "conditions": [
+                        {
+                            "type": "Ready",
+                            "status": "False",
+                            "reason": "ImagePullBackOff",
+                            "message": "no such image",
+                        }
+                    ]
+                }
+            },
+            "ImagePullBackOff: no such image",
+            id="failed",
+        ),
+    ],
+)
+def test_revision_readiness(revision: dict[str, Any] | None, state: str) -> None:
+    assert kube.readiness(revision) == state
+
+
+def test_an_oci_uri_without_a_digest_is_refused(tmp_path: Path, receiver: Receiver) -> None:
+    data = {**completion(), "model_uri": "oci://registry.local:5000/models/adapted:v1"}
+    job = run_job(tmp_path, receiver, data=data)
+    assert job.returncode == 2
+    assert "digest" in job.stderr
+    assert job.calls == []
