@@ -64,9 +64,9 @@ class Case:
 CASES = (
     Case(
         "healthy",
-        (Phase(20, 2.5, error_share=0.0004),),
+        (Phase(20, 2.5, error_share=0.001),),
         late_pod_minute=6,
-        meaning="2.5 req/s for 20 min, one 5xx in ~2,500, p99 well under 0.5 s: promote",
+        meaning="2.5 req/s for 20 min, 0.1 % 5xx, p99 well under 0.5 s: promote",
     ),
     Case(
         "error_burst",
@@ -82,7 +82,7 @@ CASES = (
         "low_traffic",
         (Phase(60, 0.04),),
         pods=1,
-        meaning="~140 requests in an hour (fewer than 200), all fast: wait, then promote at the "
+        meaning="~160 requests in an hour (fewer than 200), all fast: wait, then promote at the "
         "deadline",
     ),
     Case(
