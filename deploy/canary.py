@@ -248,8 +248,10 @@ def decide(live: Live, elapsed_s: float, policy: Policy) -> Decision:
         return Decision(ROLLBACK, breach)
     if elapsed_s < policy.deadline_s:
         return Decision(WAIT, f"{n} of the {policy.min_requests} requests needed to judge")
-    if live.requests < 1 or live.observed < 1:
+    if live.requests < 1:
         return Decision(ROLLBACK, f"no request reached the candidate in {policy.deadline_s:.0f} s")
+    if live.observed < 1:
+        return Decision(ROLLBACK, "the candidate's latency histogram has no series")
     return Decision(
         PROMOTE,
         f"deadline: {n} requests (fewer than {policy.min_requests}), "

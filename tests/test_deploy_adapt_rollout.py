@@ -152,6 +152,7 @@ def run_job(
     args: tuple[str, ...] = (),
     service: dict[str, Any] | None = None,
     event_type: str = adapt_events.COMPLETED,
+    prometheus_url: str | None = None,
 ) -> Job:
     state = tmp_path / "kube"
     state.mkdir(exist_ok=True)
@@ -181,7 +182,7 @@ def run_job(
         "FAKE_KUBECTL_DIR": str(state),
         "FAKE_REVISION_READY": ready,
         "JOBSINK_EVENT_PATH": str(event_path),
-        "PROMETHEUS_URL": prometheus.url,
+        "PROMETHEUS_URL": prometheus_url or prometheus.url,
         "K_SINK": receiver.url,
     }
     timing = ["--interval", str(STEP), "--step", str(STEP), "--observe", str(600 / SPEED)]
@@ -387,6 +388,7 @@ def test_dry_run_prints_every_change_and_makes_none(tmp_path: Path, receiver: Re
         pytest.param({"data": {**completion(), "model_uri": "http://x/m"}}, "model_uri", id="uri"),
         pytest.param({"data": {**completion(), "status": "failed"}}, "status", id="failed"),
         pytest.param({"data": {**completion(), "base_variant": "nope"}}, "no Service", id="svc"),
+        pytest.param({"data": {**completion(), "base_variant": "../x"}}, "variant", id="name"),
     ],
 )
 def test_an_event_no_retry_can_fix_exits_2(
@@ -514,3 +516,12 @@ def test_an_oci_uri_without_a_digest_is_refused(tmp_path: Path, receiver: Receiv
     assert job.returncode == 2
     assert "digest" in job.stderr
     assert job.calls == []
+
+
+def test_prometheus_down_until_the_deadline_is_rolled_back(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    job = run_job(tmp_path, receiver, prometheus_url="http://127.0.0.1:9")
+    data = the_answer(job, adapt_events.ROLLEDBACK)
+    assert data["reason"].startswith("no figures from Prometheus")
+    assert job.service["spec"]["traffic"][0]["revisionName"] == STABLE

@@ -325,3 +325,10 @@ def test_the_fixtures_are_a_real_prometheus_answer() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         answers = canary_record.record(case, Path(tmp), free_port())
     assert answers == fixture("error_burst")
+
+
+def test_requests_without_a_latency_series_are_not_promoted_at_the_deadline() -> None:
+    live = Live.from_answers(matrix({"2xx": [30]}, "status_class"), matrix({}, "le"))
+    assert decide(live, 60, Policy()).action == WAIT
+    last = decide(live, 3600, Policy())
+    assert last == canary.Decision(ROLLBACK, "the candidate's latency histogram has no series")
