@@ -191,6 +191,10 @@ def test_the_rollout_image_holds_the_code_and_kubectl() -> None:
     assert re.search(r"^USER 65532:65532$", body, flags=re.M)
     assert "!deploy/" in (ROOT / ".dockerignore").read_text(encoding="utf-8").split()
     assert "requirements/rollout.txt" in dockerfile_stages()["kubectl"]
+    # Docker's classic builder (the one that runs here) builds every stage before the target:
+    # the rollout stages come before the CUDA ones, so building them never pulls a CUDA base.
+    order = list(dockerfile_stages())
+    assert order.index("rollout") < order.index("gpu-base")
 
 
 def test_the_rollout_images_kubectl_is_the_locked_one() -> None:
