@@ -525,3 +525,20 @@ def test_prometheus_down_until_the_deadline_is_rolled_back(
     data = the_answer(job, adapt_events.ROLLEDBACK)
     assert data["reason"].startswith("no figures from Prometheus")
     assert job.service["spec"]["traffic"][0]["revisionName"] == STABLE
+
+
+def test_a_service_whose_traffic_the_manifests_leave_alone_is_pinned_from_its_status(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    # The prod overlay removes spec.traffic: the live Service routes 100 % to the latest ready
+    # revision, untagged, and the job pins that revision before creating the adapted one.
+    service = live_service()
+    del service["spec"]["traffic"]
+    service["status"]["traffic"] = [
+        {"revisionName": STABLE, "percent": 100, "latestRevision": True}
+    ]
+    job = run_job(tmp_path, receiver, case="healthy", service=service)
+    the_answer(job, adapt_events.ROLLEDOUT)
+    pin = job.patches()[0]
+    assert pin == traffic(rollout.pin(rollout.ServiceState.from_json(service)))
+    assert pin["spec"]["traffic"][0]["revisionName"] == STABLE
