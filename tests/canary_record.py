@@ -27,7 +27,7 @@ from typing import Any
 
 import httpx
 
-from deploy.canary import queries
+from deploy.canary import Live, queries
 from shared.metrics import LATENCY_BUCKETS
 
 FIXTURES = Path(__file__).resolve().parent / "canary_fixtures"
@@ -270,7 +270,8 @@ def main() -> None:
             answers = record(case, Path(tmp), free_port())
             path = FIXTURES / f"{case.name}.json"
             path.write_text(json.dumps(answers, indent=1) + "\n", encoding="utf-8")
-            print(f"{path.name}: {case.meaning}")
+            live = Live.from_answers(answers["requests"], answers["latency"])
+            print(f"{path.name}: {case.meaning}\n  whole recording: {live.summary()}")
 
 
 if __name__ == "__main__":
