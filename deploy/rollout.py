@@ -101,11 +101,12 @@ def pin(state: ServiceState) -> list[Target]:
     return _split(revision, None, 0)
 
 
-def canary(stable: str, percent: int) -> list[Target]:
-    """Send `percent` % to the latest revision (tag candidate), the rest to `stable`."""
+def canary(stable: str, percent: int, candidate: str | None = None) -> list[Target]:
+    """Send `percent` % to the candidate (tag candidate), the rest to `stable`. The candidate is
+    the latest ready revision unless named (the adapt rollout names the revision it watches)."""
     if not 0 <= percent <= 100:
         raise RolloutError(f"percent must be between 0 and 100, got {percent}")
-    return _split(stable, None, percent)
+    return _split(stable, candidate, percent)
 
 
 def promote(candidate: str) -> list[Target]:

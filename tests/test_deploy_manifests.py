@@ -165,6 +165,9 @@ RENAMES = [
     pytest.param("NetworkPolicy", ("spec", "podSelector"), id="NetworkPolicy"),
     pytest.param("NetworkPolicy", ("spec", "egress", 0, "ports"), id="NetworkPolicy-egress"),
     pytest.param("PodMonitor", ("spec", "podMetricsEndpoints"), id="PodMonitor"),
+    pytest.param("Role", ("rules", 0, "verbs"), id="Role"),
+    pytest.param("RoleBinding", ("roleRef",), id="RoleBinding"),
+    pytest.param("RoleBinding", ("subjects", 0, "namespace"), id="RoleBinding-subject"),
 ]
 
 
@@ -225,12 +228,28 @@ def test_every_overlay_renders_every_variant_and_the_eventing() -> None:
             assert ("ServiceAccount", name) in kinds, (target, name)
         assert ("Broker", "default") in kinds
         assert ("ConfigMap", "config-features") in kinds
-        # One per variant, the default (no `variant`), results, batch requests and batch results.
-        assert sum(kind == "Trigger" for kind, _ in kinds) == len(FUNCTIONS) + 4
+        # One per variant, the default (no `variant`), results, batch requests and batch
+        # results, adapt requests, adapt completions (to the rollout job) and adapt results.
+        assert sum(kind == "Trigger" for kind, _ in kinds) == len(FUNCTIONS) + 7
         assert ("JobSink", "sentiment-batch") in kinds
         assert ("PersistentVolumeClaim", "sentiment-batch-data") in kinds
         assert ("ServiceAccount", "sentiment-batch") in kinds
-        assert sum(kind == "NetworkPolicy" for kind, _ in kinds) == 4
+        for job in ("sentiment-adapt", "sentiment-adapt-rollout"):
+            assert ("JobSink", job) in kinds, (target, job)
+            assert ("ServiceAccount", job) in kinds, (target, job)
+            assert ("NetworkPolicy", f"{job}-egress") in kinds, (target, job)
+        assert ("Role", "sentiment-adapt-rollout") in kinds
+        assert ("RoleBinding", "sentiment-adapt-rollout") in kinds
+        assert sum(kind == "NetworkPolicy" for kind, _ in kinds) == 6
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS[1:])
+def test_every_overlay_tags_every_job_image(overlay: str) -> None:
+    for doc in render(overlay):
+        if doc["kind"] != "JobSink":
+            continue
+        for c in doc["spec"]["job"]["spec"]["template"]["spec"]["containers"]:
+            assert not c["image"].endswith(":latest"), f"{overlay}: {doc['metadata']['name']}"
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS[1:])

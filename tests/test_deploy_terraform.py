@@ -182,7 +182,12 @@ def test_gpu_pool_is_tainted_and_labelled_as_the_gpu_service_expects() -> None:
 
 def test_knative_module_enables_the_features_the_manifests_use() -> None:
     main = (TERRAFORM / "modules" / "knative" / "main.tf").read_text(encoding="utf-8")
-    for flag in ("kubernetes.podspec-nodeselector", "kubernetes.podspec-tolerations"):
+    flags = (
+        "kubernetes.podspec-nodeselector",
+        "kubernetes.podspec-tolerations",
+        "kubernetes.podspec-persistent-volume-claim",
+    )
+    for flag in flags:
         assert re.search(rf'"{re.escape(flag)}"\s+= "enabled"', main), flag
 
 

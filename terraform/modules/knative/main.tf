@@ -1,17 +1,19 @@
 # Knative Serving and Eventing, installed by the Knative Operator, with the settings the
 # manifests in knative/ rely on:
-# - config-features: nodeSelector and tolerations in revisions (the GPU Service needs both);
+# - config-features: nodeSelector and tolerations in revisions (the GPU Service needs both) and
+#   persistentVolumeClaim volumes (an adapted model served from the batch volume);
 # - config-autoscaler: scale to zero and the KPA windows;
 # - config-deployment: the default progress deadline.
 # The KnativeServing/KnativeEventing resources need the operator's CRDs to exist at plan time:
 # on a new cluster, apply helm_release.operator first (-target), then the rest.
 
 locals {
-  # The two flags knative/base/config-features.yaml also sets; Terraform-managed clusters get
+  # The flags knative/base/config-features.yaml also sets; Terraform-managed clusters get
   # them here, through the operator (which would overwrite a hand-edited ConfigMap).
   features = merge({
-    "kubernetes.podspec-nodeselector" = "enabled"
-    "kubernetes.podspec-tolerations"  = "enabled"
+    "kubernetes.podspec-nodeselector"            = "enabled"
+    "kubernetes.podspec-tolerations"             = "enabled"
+    "kubernetes.podspec-persistent-volume-claim" = "enabled"
   }, var.extra_features)
 }
 
