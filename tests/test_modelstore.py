@@ -425,3 +425,12 @@ def test_a_tag_without_digest_stops_the_function_at_config(tmp_path: Path) -> No
     assert f"configuration error: MODEL_URI={value!r} is invalid: a tag does not pin" in (
         done.stderr
     )
+
+
+def test_make_coldstart_keeps_the_model_uri_figures(tmp_path: Path) -> None:
+    from benchmarks.coldstart import _write
+
+    out = tmp_path / "coldstart.json"
+    out.write_text(json.dumps({"median_cold_start_s": 1.0, "model_uri": {"runs": 5}}))
+    _write(out, {"median_cold_start_s": 0.5}, keep="model_uri")
+    assert json.loads(out.read_text()) == {"median_cold_start_s": 0.5, "model_uri": {"runs": 5}}
