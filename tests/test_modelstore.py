@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -434,3 +435,19 @@ def test_make_coldstart_keeps_the_model_uri_figures(tmp_path: Path) -> None:
     out.write_text(json.dumps({"median_cold_start_s": 1.0, "model_uri": {"runs": 5}}))
     _write(out, {"median_cold_start_s": 0.5}, keep="model_uri")
     assert json.loads(out.read_text()) == {"median_cold_start_s": 0.5, "model_uri": {"runs": 5}}
+
+
+@pytest.mark.integration
+def test_an_app_built_without_the_entry_point_fetches_in_its_start_step(
+    pushed: tuple[LocalRegistry, str],
+    settings: Settings,
+    make_client: Callable[..., Any],
+    tmp_path: Path,
+) -> None:
+    _, uri = pushed
+    s = replace(settings, model_uri=modelstore.parse(uri), model_cache_dir=tmp_path)
+    client = make_client(s)  # the func middleware's way: no preload thread
+    r = client.post("/predict", json={"text": "I love it"})
+    assert r.status_code == 200
+    assert r.json()["label"] == "positive"
+    assert [p.name for p in tmp_path.iterdir()] == [uri.rsplit("@", 1)[1].replace(":", "-")]
