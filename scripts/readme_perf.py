@@ -72,11 +72,12 @@ def _coldstart(cold: Mapping[str, Any]) -> list[str]:
         f"goes (medians, measured apart): {phases}.",
     ]
     if uri := cold.get("model_uri"):
+        nice = f" at nice {uri['nice']}" if uri.get("nice") else ""
         lines[0] += (
             f" With the same {uri['model_mib']:.1f} MiB model pulled at start-up from a local "
             f"registry (`MODEL_URI`, `make coldstart-uri`, {uri['date']}, load average "
-            f"{uri['loadavg_at_end']:.1f}; {uri['runs']} runs of each, alternating, empty cache "
-            f"each time): median {uri['median_pulled_s']:.3f} s against "
+            f"{uri['loadavg_at_end']:.1f}{nice}; {uri['runs']} runs of each, alternating, empty "
+            f"cache each time): median {uri['median_pulled_s']:.3f} s against "
             f"{uri['median_baked_s']:.3f} s baked in the same runs and "
             f"{uri['median_cached_s']:.3f} s from a warm MODEL_CACHE_DIR; the pull and its "
             f"verification alone take {uri['median_fetch_s']:.3f} s in a fresh interpreter "

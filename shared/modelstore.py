@@ -170,8 +170,8 @@ def fetch(uri: ModelUri | str, cache_dir: Path, *, plain_http: bool = False) -> 
     cache_dir.mkdir(parents=True, exist_ok=True)
     partial = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", suffix=".partial", dir=cache_dir))
     try:
-        _pull(uri, partial, plain_http=_plain_http(uri.host, plain_http))
-        _refuse_unless(uri, lambda: modeldir.load(partial))
+        known = _pull(uri, partial, plain_http=_plain_http(uri.host, plain_http))
+        _verify_model(uri, partial, known)
         partial.chmod(0o755)  # mkdtemp's 0700 would hide it from other users of the cache
         try:
             os.rename(partial, entry)  # atomic; fails if another process finished first
@@ -202,10 +202,18 @@ def _verify_entry(uri: ModelUri, entry: Path) -> None:
     layers = {_title(uri, layer): str(layer.get("digest")) for layer in _layers(uri, raw)}
     if {p.name for p in entry.iterdir()} != {*layers, OCI_MANIFEST_FILE}:
         raise ModelStoreError(f"{uri}: cache entry {entry} holds other files than its layers")
+    known = {name: modeldir.sha256_file(entry / name) for name in layers}
     for name, digest in layers.items():
-        if "sha256:" + modeldir.sha256_file(entry / name) != digest:
+        if "sha256:" + known[name] != digest:
             raise ModelStoreError(f"{uri}: cache entry {entry}: {name} is corrupted")
-    _refuse_unless(uri, lambda: modeldir.load(entry))
+    _verify_model(uri, entry, known)
+
+
+def _verify_model(uri: ModelUri, directory: Path, known: dict[str, str]) -> None:
+    """The model manifest's own checksums, against the sha256s just computed (no second read)."""
+    _refuse_unless(
+        uri, lambda: modeldir.verify(directory, modeldir.read_manifest(directory), known=known)
+    )
 
 
 def _layers(uri: ModelUri, raw: bytes) -> list[dict[str, Any]]:
@@ -231,9 +239,9 @@ def _title(uri: ModelUri, layer: dict[str, Any]) -> str:
     return name
 
 
-def _pull(uri: ModelUri, out: Path, *, plain_http: bool) -> None:
+def _pull(uri: ModelUri, out: Path, *, plain_http: bool) -> dict[str, str]:
     """Download the artifact's layers into `out`, checking every digest on the way, and keep its
-    manifest there (a cache hit is checked against it)."""
+    manifest there (a cache hit is checked against it); returns each file's sha256."""
     client = registry.client(uri.host, plain_http=plain_http)
     target = registry.container(client, uri.host, uri.repository, uri.digest)
     try:
@@ -245,6 +253,7 @@ def _pull(uri: ModelUri, out: Path, *, plain_http: bool) -> None:
         raise ModelStoreError(
             f"{uri} refused: the registry's manifest has digest {actual}, not the pinned one"
         )
+    known: dict[str, str] = {}
     for layer in _layers(uri, raw):
         name = _title(uri, layer)
         digest = hashlib.sha256()
@@ -261,7 +270,9 @@ def _pull(uri: ModelUri, out: Path, *, plain_http: bool) -> None:
             raise ModelStoreError(
                 f"{uri} refused: layer {name} does not match its digest {layer.get('digest')}"
             )
+        known[name] = digest.hexdigest()
     (out / OCI_MANIFEST_FILE).write_bytes(raw)
+    return known
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -451,3 +451,12 @@ def test_an_app_built_without_the_entry_point_fetches_in_its_start_step(
     assert r.status_code == 200
     assert r.json()["label"] == "positive"
     assert [p.name for p in tmp_path.iterdir()] == [uri.rsplit("@", 1)[1].replace(":", "-")]
+
+
+def test_verify_takes_the_sha256s_a_download_computed(tmp_path: Path) -> None:
+    manifest = modeldir.read_manifest(DEFAULT_MODEL)
+    known = dict(manifest.files)
+    modeldir.verify(DEFAULT_MODEL, manifest, known=known)
+    known["tokenizer.json"] = "0" * 64  # what a download of other bytes would have computed
+    with pytest.raises(modeldir.ModelDirError, match=r"tokenizer\.json is corrupted"):
+        modeldir.verify(DEFAULT_MODEL, manifest, known=known)
