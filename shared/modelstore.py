@@ -278,7 +278,9 @@ def _pull(uri: ModelUri, out: Path, *, plain_http: bool) -> dict[str, str]:
 def main(argv: list[str] | None = None) -> int:
     """`push DIR oci://HOST:PORT/REPO:TAG` prints the pinned URI; `pull URI --cache DIR` prints
     the verified directory."""
-    parser = argparse.ArgumentParser(prog="python -m shared.modelstore", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m shared.modelstore", description=(__doc__ or "").splitlines()[0]
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("push", help="push a model directory; prints oci://...@sha256:...")
     p.add_argument("directory", type=Path)
