@@ -20,6 +20,11 @@
 # The model is copied into the image, never downloaded at start: model download dominates cold
 # start (kserve#2529). The start command is exec form so SIGTERM reaches Python directly, and the
 # app binds $PORT itself (Knative runtime contract: listen on $PORT, default 8080).
+#
+# MODEL_URI=oci://... (README "Models from a registry") serves a pulled model instead; it lands in
+# MODEL_CACHE_DIR, /tmp/kubesentiment-models by default: /tmp is writable by the non-root user in
+# the base image (mode 1777) and on the emptyDir (Knative manifests) or tmpfs (`docker run
+# --read-only --tmpfs /tmp`, scripts/build_image.sh) mounted over a read-only root.
 
 # checkov:skip=CKV_DOCKER_7:Base images are build arguments whose defaults carry explicit version tags (python:3.11-slim-bookworm, nvidia/cuda:12.6.3-...); checkov cannot resolve ARGs in FROM.
 ARG BASE_IMAGE=python:3.11-slim-bookworm

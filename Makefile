@@ -39,7 +39,7 @@ $(STAMP): pyproject.toml $(LOCKS)
 	ln -sf ../checkov/bin/checkov $(BIN)/checkov
 	touch $@
 
-tools: ## Install the system tools tests use (promtool, prometheus, docker-compose, chromium) when missing
+tools: ## Install the system tools tests use (promtool, prometheus, docker-compose, chromium, docker-registry) when missing
 	@command -v promtool >/dev/null && command -v prometheus >/dev/null || { \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 	    --no-install-recommends prometheus prometheus-alertmanager >/dev/null; }
@@ -53,6 +53,11 @@ tools: ## Install the system tools tests use (promtool, prometheus, docker-compo
 	  command -v google-chrome >/dev/null || { \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 	    --no-install-recommends chromium >/dev/null; }
+	@# A local OCI registry (distribution 2.8) for the model URI tests and `make coldstart-uri`;
+	@# tests start it on a loopback port (loadtests/registry.py), never the packaged service.
+	@command -v docker-registry >/dev/null || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    --no-install-recommends docker-registry >/dev/null; }
 
 setup: $(STAMP) tools ## Create .venv with serving, dev and training dependencies, and tools
 
@@ -183,6 +188,17 @@ finetune-demo: $(STAMP) ## make finetune on 1,000 Rotten Tomatoes reviews the de
 
 coldstart: $(STAMP) ## Cold start (spawn to first /predict), peak RSS and where the time goes -> docs/coldstart.json
 	$(PYTHON) -m benchmarks.coldstart --runs 5 $(DEFAULT_MODEL) --out docs/coldstart.json
+	$(PYTHON) -m scripts.readme_perf --write
+
+# Models from a registry (MODEL_URI): push a model directory, measure the cold start with a pull.
+.PHONY: model-push coldstart-uri
+model-push: $(STAMP) ## Push a model directory as an OCI artifact: make model-push DIR=models/... REF=oci://HOST:PORT/REPO:TAG (prints the pinned URI)
+	@test -n "$(DIR)" && test -n "$(REF)" || { \
+	  echo "usage: make model-push DIR=MODEL_DIR REF=oci://HOST[:PORT]/REPO[:TAG]" >&2; exit 2; }
+	$(PYTHON) -m shared.modelstore push "$(DIR)" "$(REF)"
+
+coldstart-uri: $(STAMP) tools ## Cold start with the model pulled from a local registry vs baked vs a warm cache, alternating -> docs/coldstart.json "model_uri", README
+	$(PYTHON) -m benchmarks.coldstart --model-uri --runs 5 $(DEFAULT_MODEL) --out docs/coldstart.json
 	$(PYTHON) -m scripts.readme_perf --write
 
 clean: ## Remove build output and caches (keeps .venv)

@@ -65,12 +65,33 @@ def _peers(peers: Mapping[str, Any]) -> list[str]:
 def _coldstart(cold: Mapping[str, Any]) -> list[str]:
     phases = ", ".join(f"{k} {v:.3f} s" for k, v in cold["breakdown_s"].items())
     load = f", load average {cold['loadavg_at_end']:.1f}" if "loadavg_at_end" in cold else ""
-    return [
+    lines = [
         f"Cold start of `{cold['model_dir']}` (`make coldstart`, {cold['date']}{load}): median "
         f"{cold['median_cold_start_s']:.3f} s from spawn to the first successful `/predict` over "
         f"{cold['runs']} runs, peak RSS {cold['median_peak_rss_mib']:.0f} MiB. Where the time "
         f"goes (medians, measured apart): {phases}.",
     ]
+    if uri := cold.get("model_uri"):
+        nice = f" at nice {uri['nice']}" if uri.get("nice") else ""
+        lines[0] += (
+            f" With the same {uri['model_mib']:.1f} MiB model pulled at start-up from a local "
+            f"registry (`MODEL_URI`, `make coldstart-uri`, {uri['date']}, load average "
+            f"{uri['loadavg_at_end']:.1f}{nice}; {uri['runs']} runs of each, alternating, empty "
+            f"cache each time): median {uri['median_pulled_s']:.3f} s against "
+            f"{uri['median_baked_s']:.3f} s baked in the same runs and "
+            f"{uri['median_cached_s']:.3f} s from a warm MODEL_CACHE_DIR; the pull and its "
+            f"verification alone take {uri['median_fetch_s']:.3f} s in a fresh interpreter "
+            "(oras and its imports included)."
+        )
+    if box := cold.get("container"):
+        lines[0] += (
+            f" The serving image itself ({box['image_mib']:.0f} MiB, `make image`, {box['date']}, "
+            f"load average {box['loadavg_at_end']:.1f}, {box['storage_driver']} storage): median "
+            f"{box['median_s']:.3f} s from `docker run` to the first 200 from `/predict` over "
+            f"{len(box['runs_s'])} runs, of which the function's own start to ready is "
+            f"{box['process_ready_median_s']:.3f} s."
+        )
+    return lines
 
 
 def _capacity(cap: Mapping[str, Any]) -> list[str]:

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from shared.modelstore import ModelUri
+from shared.modelstore import parse_setting as parse_model_uri
 from shared.settings_base import ConfigError as ConfigError
 from shared.settings_base import Secret as Secret
 from shared.settings_base import (
@@ -54,6 +56,27 @@ class Settings:
     )
     model_dir: Path = setting(
         "MODEL_DIR", "models/minilm-sentiment-int8", _path, "Model directory to serve."
+    )
+    model_uri: ModelUri | None = setting(
+        "MODEL_URI",
+        "",
+        parse_model_uri,
+        "Model to serve instead of MODEL_DIR: `oci://HOST[:PORT]/REPO@sha256:DIGEST` (pulled at "
+        "start, verified, cached; a tag alone is refused) or `file:///DIR`; empty = MODEL_DIR.",
+    )
+    model_cache_dir: Path = setting(
+        "MODEL_CACHE_DIR",
+        # A pod's /tmp is its own emptyDir; elsewhere a planted entry is still refused, since
+        # a cache hit is checked against the pinned digest (shared/modelstore.py).
+        "/tmp/kubesentiment-models",  # noqa: S108
+        _path,
+        "Writable directory for pulled models, one per digest (an emptyDir in a pod).",
+    )
+    model_registry_plain_http: bool = setting(
+        "MODEL_REGISTRY_PLAIN_HTTP",
+        "false",
+        _bool,
+        "Reach MODEL_URI's registry over HTTP, not HTTPS (a loopback registry always is).",
     )
     variant: str = setting(
         "VARIANT", "cpu-int8", _str, "Variant name used in responses, logs, metrics."

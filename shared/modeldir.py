@@ -124,8 +124,10 @@ def read_manifest(directory: Path) -> Manifest:
     return Manifest.from_json(data)
 
 
-def verify(directory: Path, manifest: Manifest) -> None:
-    """Check that every file the manifest lists exists and has the recorded sha256."""
+def verify(directory: Path, manifest: Manifest, *, known: Mapping[str, str] | None = None) -> None:
+    """Check that every file the manifest lists exists and has the recorded sha256; `known` holds
+    hex sha256s the caller has just computed from the files' bytes (a download checked on the
+    way), by file name, so those files are not read again."""
     for required in (manifest.onnx_file, manifest.tokenizer_file):
         if required not in manifest.files:
             raise ModelDirError(f"manifest of {directory} lists no checksum for {required}")
@@ -133,7 +135,7 @@ def verify(directory: Path, manifest: Manifest) -> None:
         path = directory / name
         if not path.is_file():
             raise ModelDirError(f"model file {path} is missing")
-        actual = sha256_file(path)
+        actual = (known or {}).get(name) or sha256_file(path)
         if actual != expected:
             raise ModelDirError(
                 f"model file {path} is corrupted: sha256 {actual[:12]}... "

@@ -33,6 +33,23 @@ def test_section_follows_the_files(tmp_path: Path) -> None:
     assert "679 MiB" in after
 
 
+def test_model_uri_cold_start_follows_the_file(tmp_path: Path) -> None:
+    cold = json.loads((DOCS / "coldstart.json").read_text())
+    cold["model_uri"] = {
+        "date": "2026-12-08 01:00 UTC", "loadavg_at_end": 1.5, "model_mib": 22.5, "runs": 5,
+        "median_pulled_s": 1.234, "median_baked_s": 0.617, "median_cached_s": 0.701,
+        "median_fetch_s": 0.321,
+    }  # fmt: skip
+    (tmp_path / "coldstart.json").write_text(json.dumps(cold))
+    text = " ".join(section(tmp_path).split())
+    assert "median 1.234 s against 0.617 s baked in the same runs" in text
+    assert "0.701 s from a warm MODEL_CACHE_DIR" in text
+    assert "verification alone take 0.321 s" in text
+    del cold["model_uri"]
+    (tmp_path / "coldstart.json").write_text(json.dumps(cold))
+    assert "MODEL_URI" not in section(tmp_path)
+
+
 def test_peer_table_and_goals_come_from_peers_json(tmp_path: Path) -> None:
     ours = {"cold_start_s": 0.41, "p50_ms_c1": 3.5, "p99_ms_c1": 6.0, "rps_c8": 400.0,
             "rps_c32": 600.0, "rps_c128": 610.0, "p99_ms_c32": 80.0, "rss_mib": 150.0,

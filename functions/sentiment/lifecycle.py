@@ -5,7 +5,8 @@ moment, readiness is 503 until the model directory is verified, the ONNX session
 inference run and the secrets read. Knative's queue-proxy only sends traffic to a ready revision,
 so the first request after a scale from zero never meets a half-loaded model.
 
-Steps that depend on the network (Vault login and secret reads: a `SecretError`) are retried with
+Steps that depend on the network (Vault login and secret reads: a `SecretError`; fetching the
+model of an oci:// MODEL_URI from its registry: `RegistryUnavailable`) are retried with
 exponential backoff (0.1 s doubling, capped at 2 s); meanwhile readiness names the step and the
 attempt, never an exception's text (that goes to the log). If start-up has not succeeded after
 STARTUP_TIMEOUT_SECONDS, liveness fails too (`state.live`), so the kubelet restarts the pod
@@ -33,6 +34,8 @@ from functions.sentiment.batching import Batcher
 from functions.sentiment.core import AppState
 from functions.sentiment.lanes import LANE_NAMES
 from functions.sentiment.outcome import RunStats
+from shared import modelstore
+from shared.registry import RegistryUnavailable
 from shared.vault import SecretError
 
 log = logging.getLogger("kubesentiment.app")
@@ -43,7 +46,34 @@ Sleep = Callable[[float], Awaitable[None]]
 RETRY_BASE_S = 0.1
 RETRY_CAP_S = 2.0
 # What readiness says while a hook runs, by the hook's name (a hook may carry its own `step`).
-STEPS = {"load_model": "loading the model", "start_sink": "starting the K_SINK sender"}
+STEPS = {
+    "fetch_model": "fetching the model from the registry",
+    "load_model": "loading the model",
+    "start_sink": "starting the K_SINK sender",
+}
+
+
+async def fetch_model(state: AppState) -> None:
+    """Pull and verify the oci:// MODEL_URI's model (or take it from MODEL_CACHE_DIR) for
+    `load_model`; only registered when MODEL_URI is an oci:// URI. The entry point's preload
+    thread has usually fetched it already: then this step waits for that, and only a failed
+    fetch is tried again here (a load failure is `load_model`'s to report)."""
+    s = state.settings
+    assert s.model_uri is not None
+    preloaded: Future[preload.Loaded] | None = state.extras.get("preload")
+    if preloaded is not None:
+        try:
+            await asyncio.wrap_future(preloaded)
+        except (modelstore.ModelStoreError, RegistryUnavailable):
+            del state.extras["preload"]  # the next attempt fetches here
+            raise
+        except Exception:  # noqa: S110 - the load failed: load_model awaits the same future
+            pass
+    else:
+        state.extras["model_dir"] = await asyncio.to_thread(
+            modelstore.fetch, s.model_uri, s.model_cache_dir, plain_http=s.model_registry_plain_http
+        )
+    log.info("model fetched", extra={"model_uri": str(s.model_uri)})
 
 
 async def load_model(state: AppState) -> None:
@@ -52,8 +82,9 @@ async def load_model(state: AppState) -> None:
     preloaded: Future[preload.Loaded] | None = state.extras.pop("preload", None)
     # The entry point starts loading before the web stack is imported (functions/sentiment/
     # preload.py); an app built without it (tests, the func middleware) loads here.
-    future = preloaded if preloaded is not None else preload.start(s)
-    classifier, seconds = await asyncio.wrap_future(future)
+    if preloaded is None:  # an oci:// MODEL_URI's directory comes from fetch_model
+        preloaded = preload.start(s, state.extras.get("model_dir"))
+    classifier, seconds = await asyncio.wrap_future(preloaded)
     m.model_load.labels(s.variant).set(seconds)
     if s.warmup:
         # The first session.run allocates buffers and picks kernels, and the first trip to the
@@ -113,15 +144,15 @@ async def _run_step(state: AppState, hook: StartHook, sleep: Sleep) -> None:
         try:
             await hook(state)
             return
-        except SecretError as e:
-            # A network step (Vault): the error's `step` says what failed without its text,
-            # which SecretStore has already logged and counted.
-            step = e.step or step
+        except (SecretError, RegistryUnavailable) as e:
+            # A network step (Vault, the model registry): readiness says what failed without the
+            # error's text (a Vault error's `step` is more precise than the hook's), the log has it.
+            step = getattr(e, "step", "") or step
             delay = retry_delay(attempt)
             state.not_ready_reason = f"{step} (attempt {attempt}, retrying)"
             log.warning(
                 "start-up step failed, retrying",
-                extra={"step": step, "attempt": attempt, "retry_in_s": delay},
+                extra={"step": step, "attempt": attempt, "retry_in_s": delay, "error": str(e)},
             )
             await sleep(delay)
             attempt += 1
@@ -155,7 +186,8 @@ async def startup(state: AppState, hooks: list[StartHook], *, sleep: Sleep = asy
     state.metrics.model_ready.labels(s.variant).set(1)
     cold = time.time() - state.started_at
     state.metrics.cold_start.labels(s.variant).set(cold)
-    log.info("ready", extra={"cold_start_seconds": round(cold, 3), "model_dir": str(s.model_dir)})
+    model = str(state.extras.get("model_dir") or modelstore.local_dir(s.model_uri, s.model_dir))
+    log.info("ready", extra={"cold_start_seconds": round(cold, 3), "model_dir": model})
 
 
 async def shutdown(state: AppState, startup_task: asyncio.Task[None]) -> None:
