@@ -39,7 +39,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from loadtests.local import model_override, spawn, status_kib, stop, tree_rss_kib, wait_ready
 from loadtests.run import run_k6
 
-# RSS growth allowed per hour. A leak of 300 bytes per request at 20 req/s grows 21 MiB/h, so the
+# RSS growth allowed per hour. A leak of 300 bytes per request at 20 req/s grows ~20 MiB/h, so the
 # bound catches anything that keeps a fraction of each request; the steady state's noise (allocator
 # arenas, ONNX Runtime's memory pattern cache, the bounded redelivery cache of a few MiB, all
 # filled during the warm-up) stays well under it on a 25-minute fit.
@@ -254,6 +254,34 @@ def soak(
     return report
 
 
+def readme_figures(report: dict[str, Any]) -> str:
+    """The README's figures of a soak report (a test keeps the README in step with the file)."""
+    rss, slope, k6 = report["rss_mib"], report["slope_per_hour"], report["k6"]
+    replayed = report["function_counters"].get("event_redeliveries_replayed", 0)
+    p99 = ", ".join(f"{i['p99_ms']:.0f}" for i in report["latency_per_interval"])
+    bound = report["max_rss_slope_mib_per_h"]
+    verdict = "passed" if report["passed"] else "FAILED"
+    rows = [
+        "| figure | value |",
+        "|---|---|",
+        f"| run | {report['duration_s'] / 60:.0f} min at {report['rate_per_s']} requests/s, "
+        f"started {report['started_utc']}, {verdict} |",
+        f"| requests (k6) | {k6['requests']}, failed rate {k6['failed_rate']}, "
+        f"checks failed {k6['checks_failed']} |",
+        f"| CloudEvent redeliveries replayed | {replayed:.0f} |",
+        f"| RSS start / after warm-up / end / peak | {rss['start']} / {rss['after_warmup']} / "
+        f"{rss['end']} / {rss['peak']} MiB |",
+        f"| RSS slope after warm-up | {slope['rss_mib']} MiB/h (bound {bound}) |",
+        f"| open fds start / end, slope | {report['fds']['start']} / {report['fds']['end']}, "
+        f"{slope['fds']} per hour |",
+        f"| threads start / end, slope | {report['threads']['start']} / "
+        f"{report['threads']['end']}, {slope['threads']} per hour |",
+        f"| p99 overall (k6) | {k6['p99_ms_overall']:.1f} ms |",
+        f"| p99 per {report['interval_s']:.0f} s (ms) | {p99} |",
+    ]
+    return "\n".join(rows)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line entry point: exit 0 when the soak passed."""
     parser = argparse.ArgumentParser(prog="python -m loadtests.soak", description=__doc__)
@@ -265,7 +293,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--short", action="store_true", help="60 s, 5 s samples, no verdict")
     parser.add_argument("--out", type=Path, default=Path("docs/soak.json"))
     parser.add_argument("--work-dir", type=Path, default=Path("build/soak"))
+    parser.add_argument("--readme", type=Path, help="print the README figures of this report")
     args = parser.parse_args(argv)
+    if args.readme is not None:
+        print(readme_figures(json.loads(args.readme.read_text())))
+        return 0
     if args.short:
         args.duration, args.interval, args.warmup, args.max_rss_slope = 60, 5.0, 15.0, None
     report = soak(

@@ -362,12 +362,36 @@ SCENARIOS: dict[str, Callable[[], Coroutine[Any, Any, Outcome]]] = {
 }
 
 
+def readme_table(report: dict[str, Any]) -> str:
+    """The README's table of a report's counts (a test keeps the README in step with the file)."""
+    rows = [
+        "| scenario | events (+ poison) | attempts | retries | timeouts / refused / broken "
+        "| replayed / joined | replies | dead-lettered | K_SINK deliveries (missing, function "
+        "retries) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for o in report["scenarios"]:
+        s, f, k = o["sender"], o["function"], o["k_sink"]
+        rows.append(
+            f"| `{o['scenario']}` | {o['events']} (+{o['poison_events']}) | {s['attempts']} "
+            f"| {s['retries']} | {s['timeouts']} / {s['refused']} / {s['broken']} "
+            f"| {f.get('replayed', 0):.0f} / {f.get('joined', 0):.0f} "
+            f"| {o['reply_sink']['replies']} | {o['dead_lettered']} "
+            f"| {k['deliveries']} ({k['missing']}, {k['function_retries']}) |"
+        )
+    return "\n".join(rows)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the scenarios, print and write their counts; exit 1 when any has a problem."""
     parser = argparse.ArgumentParser(prog="python -m tests.redelivery_harness")
     parser.add_argument("scenario", nargs="*", help=f"some of {', '.join(SCENARIOS)} (all)")
     parser.add_argument("--out", type=Path, help="write the outcomes as JSON here")
+    parser.add_argument("--readme", type=Path, help="print the README table of this report")
     args = parser.parse_args(argv)
+    if args.readme is not None:
+        print(readme_table(json.loads(args.readme.read_text())))
+        return 0
     unknown = set(args.scenario) - set(SCENARIOS)
     if unknown:
         parser.error(f"unknown scenario(s): {', '.join(sorted(unknown))}")

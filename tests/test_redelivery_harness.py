@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 
 import httpx
 import pytest
 from cloudevents.core.v1.event import CloudEvent
 
+from tests.conftest import ROOT
 from tests.delivery import DeliverySpec, Dispatcher, iso8601_seconds
 from tests.receiver import Receiver
-from tests.redelivery_harness import SCENARIOS, Outcome
+from tests.redelivery_harness import SCENARIOS, Outcome, readme_table
 
 # --- the sender ---------------------------------------------------------------------------------
 
@@ -75,6 +77,15 @@ def test_undeliverable_events_go_to_the_dead_letter_sink(status: int, attempts: 
     finally:
         for r in (subscriber, dead, replies):
             r.stop()
+
+
+def test_readme_shows_the_committed_counts() -> None:
+    report = json.loads((ROOT / "docs" / "redelivery.json").read_text())
+    assert readme_table(report) in (ROOT / "README.md").read_text(), (
+        "README's redelivery table is stale: python -m tests.redelivery_harness --readme "
+        "docs/redelivery.json"
+    )
+    assert all(not o["problems"] for o in report["scenarios"])
 
 
 # --- the harness: a real function through faults -------------------------------------------------
