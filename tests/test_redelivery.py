@@ -310,3 +310,32 @@ def test_a_batch_completion_is_named_by_its_request_and_status() -> None:
     assert completed("bad", "/producer").get_id() == invalid.get_id()  # a retry: the same id
     assert completed("bad", "/other").get_id() != invalid.get_id()
     assert completed("bad", None).get_id() != completed("bad", None).get_id()  # unreadable event
+
+
+def test_a_k_sink_delivery_that_gave_up_is_handed_again_on_replay() -> None:
+    async def scenario() -> None:
+        cache = Redeliveries(8, 60.0)
+
+        async def compute() -> CloudEvent:
+            return reply("r")
+
+        async def delivered(ok: bool) -> bool:
+            return ok
+
+        _, first = await cache.answer("s", "1", b"d", compute)
+        assert first.claim_sink()
+        failed = asyncio.ensure_future(delivered(False))
+        failed.add_done_callback(first.sink_done)
+        await failed
+        await asyncio.sleep(0)  # done callbacks run on the next loop turn
+        _, again = await cache.answer("s", "1", b"d", compute)
+        assert again is first
+        assert again.claim_sink()  # the earlier delivery gave up: this replay hands it over
+        ok = asyncio.ensure_future(delivered(True))
+        ok.add_done_callback(again.sink_done)
+        await ok
+        await asyncio.sleep(0)
+        _, third = await cache.answer("s", "1", b"d", compute)
+        assert not third.claim_sink()  # delivered: not again
+
+    asyncio.run(scenario())

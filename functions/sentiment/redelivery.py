@@ -83,7 +83,7 @@ class Answer:
 
     def sink_done(self, task: asyncio.Task[bool]) -> None:
         """K_SINK delivery callback: a delivery that gave up lets a redelivery hand it again."""
-        if task.cancelled() or not task.result():
+        if task.cancelled() or task.exception() is not None or not task.result():
             self.handed = False
 
 
