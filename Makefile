@@ -286,3 +286,14 @@ capacity: $(STAMP) ## Per CPU variant at 1 and 2 CPU-limited cores: req/s within
 
 capacity-quick: $(STAMP) ## Short capacity levels (build/peers/capacity-quick): checks the planner, not a result
 	$(PYTHON) -m benchmarks.capacity --quick --out build/peers/capacity-quick
+
+.PHONY: soak soak-short redelivery
+SOAK_ARGS ?=
+soak: $(STAMP) ## Soak: k6 at 20 req/s for 30 min (/predict + CloudEvents with redeliveries), RSS/fds/threads sampled each minute, p99 per minute; fails on RSS growth > 20 MiB/h -> docs/soak.json
+	$(PYTHON) -m loadtests.soak $(SOAK_ARGS)
+
+soak-short: $(STAMP) ## The soak's one-minute mode (samples every 5 s, no RSS verdict) -> build/soak-short.json
+	$(PYTHON) -m loadtests.soak --short --out build/soak-short.json --work-dir build/soak-short
+
+redelivery: $(STAMP) ## Redelivery harness: a Knative-style retrying sender drives the function through SIGKILL, K_SINK down, short timeouts -> docs/redelivery.json (~1 min)
+	$(PYTHON) -m tests.redelivery_harness --out docs/redelivery.json

@@ -14,7 +14,11 @@ The job runs the batch client (`functions.client.run`) against the function at
 `KUBESENTIMENT_URL`; the client resumes from the output file, so a Job retried by Kubernetes
 skips the rows an earlier pod wrote. At the end it sends `dev.kubesentiment.batch.completed` to
 `K_SINK` (the Broker): counts, input and output locations, status and failures, with `subject`
-and the `requestid` extension naming the request event.
+and the `requestid` extension naming the request event. Its id derives from the request event's
+source and id and the status (`shared.eventid`): a Job retried by Kubernetes that reaches the same
+status announces it under the same id (a consumer drops the duplicate), while a retry that turns
+`incomplete` into `complete` announces news under a new id. A request event that cannot be read
+has no source and id to derive from: its completion gets a random id.
 
 Exit status: 0 when every row was written and the completion event delivered; 1 when rows still
 failed or the event could not be delivered (the Job's backoffLimit retries, resuming); 2 for a
@@ -39,6 +43,7 @@ from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent
 
 from functions import client
+from shared.eventid import derived_id
 
 REQUESTED = "dev.kubesentiment.batch.requested"
 COMPLETED = "dev.kubesentiment.batch.completed"
@@ -159,8 +164,10 @@ def completion(
     *,
     summary: client.Summary | None,
     error: str | None,
+    source: str | None = None,
 ) -> CloudEvent:
-    """The `dev.kubesentiment.batch.completed` event for one run."""
+    """The `dev.kubesentiment.batch.completed` event for one run; `source` is the request
+    event's (None when the event could not be read)."""
     data: dict[str, Any] = {
         "input": request.input if request else None,
         "output": request.output if request else None,
@@ -185,7 +192,7 @@ def completion(
     if error is not None:
         data["error"] = error
     attributes = {
-        "id": str(uuid.uuid4()),
+        "id": derived_id(source, event_id, COMPLETED, status) if source else str(uuid.uuid4()),
         "source": SOURCE,
         "type": COMPLETED,
         "subject": event_id,
@@ -228,12 +235,14 @@ async def run(settings: JobSettings) -> int:
     """Run the job once; the exit status (see the module docstring)."""
     request: BatchRequest | None = None
     event_id = "unknown"
+    source: str | None = None
     summary: client.Summary | None = None
     error: str | None = None
     code = 0
     try:
         event = read_event(settings.event_path)
         event_id = str(event.get_id())
+        source = str(event.get_source())
         request = parse_request(event)
         config = client.Config(
             input=locate(request.input, settings.data_root),
@@ -258,7 +267,7 @@ async def run(settings: JobSettings) -> int:
     except client.FatalError as e:
         # Wrong URL, a key the function refuses, an unreadable input row: retrying will not help.
         error, code = str(e), 2
-    done = completion(request, event_id, summary=summary, error=error)
+    done = completion(request, event_id, summary=summary, error=error, source=source)
     log.info("batch job %s: %s", event_id, done.get_data())
     if not await deliver(settings, done) and code == 0:
         code = 1  # a retry resumes with nothing left to do and sends the event again

@@ -91,8 +91,10 @@ def run_k6(
     summary_path: Path,
     timeout_s: float | None = None,
     quiet: bool = False,
+    args: Sequence[str] = (),
 ) -> int:
-    """Run one scenario file with k6 against `base_url`; k6's exit code (killed at the limit)."""
+    """Run one scenario file with k6 against `base_url`; k6's exit code (killed at the limit).
+    `args` are extra k6 options (an `--out` for per-request samples)."""
     check_loopback(base_url)
     script = SCENARIOS_DIR / f"{scenario}.js"
     if not script.exists():
@@ -109,7 +111,7 @@ def run_k6(
     ]
     for key, value in (env or {}).items():
         cmd += ["-e", f"{key}={value}"]
-    cmd.append(str(script))
+    cmd += [*args, str(script)]
     limit = timeout_s or TIME_LIMITS.get(scenario, 300)
     output = subprocess.DEVNULL if quiet else None
     try:

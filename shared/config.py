@@ -274,6 +274,20 @@ class Settings:
         _int(1),
         "Result events waiting for K_SINK; beyond it CloudEvents get 503 + Retry-After.",
     )
+    event_replay_size: int = setting(
+        "EVENT_REPLAY_SIZE",
+        "1024",
+        _int(0),
+        "Answered CloudEvents kept by (source, id) so a redelivery gets the stored reply (and "
+        "one still being computed is joined); 0 = every delivery is computed.",
+    )
+    event_replay_ttl_s: float = setting(
+        "EVENT_REPLAY_TTL_SECONDS",
+        "600",
+        _float(0.0, above=True),
+        "How long an answered CloudEvent is replayed to a redelivery (the Broker's retries "
+        "with backoff must fit in it).",
+    )
     payload_log_sample: float = setting(
         "PAYLOAD_LOG_SAMPLE",
         "0",

@@ -64,6 +64,8 @@ class Metrics:
     auth_failures: Counter
     events_sent: Counter
     sink_pending: Gauge
+    event_redeliveries: Counter
+    event_replay_entries: Gauge
     payload_log_events: Counter
     payload_log_pending: Gauge
 
@@ -263,6 +265,20 @@ class Metrics:
                 f"{p}_sink_pending",
                 "Result CloudEvents being computed or delivered to K_SINK (at most "
                 "SINK_MAX_PENDING; beyond it CloudEvent requests get 503).",
+                ["variant"],
+                registry=registry,
+            ),
+            event_redeliveries=Counter(
+                f"{p}_event_redeliveries_total",
+                "CloudEvents seen again by (source, id), by outcome: replayed (the stored reply), "
+                "joined (the first delivery's computation still running), conflict (different "
+                "content under a used id: computed afresh).",
+                ["outcome", "variant"],
+                registry=registry,
+            ),
+            event_replay_entries=Gauge(
+                f"{p}_event_replay_entries",
+                "Answered CloudEvents kept for redeliveries (at most EVENT_REPLAY_SIZE).",
                 ["variant"],
                 registry=registry,
             ),

@@ -20,9 +20,11 @@ class Received:
 
 @dataclass
 class Receiver:
-    """A ThreadingHTTPServer on 127.0.0.1 answering `status` to every POST."""
+    """A ThreadingHTTPServer on 127.0.0.1 answering `status` to every POST; `port` 0 takes a free
+    one, which `start()` keeps, so a stopped receiver comes back at the same URL."""
 
     status: int = 202
+    port: int = 0
     requests: list[Received] = field(default_factory=list)
     server: ThreadingHTTPServer | None = None
 
@@ -47,7 +49,8 @@ class Receiver:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.port = self.server.server_address[1]
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         return self
 

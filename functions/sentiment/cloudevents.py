@@ -10,7 +10,10 @@ A request event of type `dev.kubesentiment.sentiment.requested` carries `{"texts
 an event of type `dev.kubesentiment.sentiment.completed` — never the request type, or the Broker
 would match the reply against the same Trigger and loop it — whose `subject` is the request's
 (or the request id), whose `requestid` extension names the request event, and whose data is
-`{"results": [...]}`: one entry per item, in order, a prediction or `{"id", "error"}`.
+`{"results": [...]}`: one entry per item, in order, a prediction or `{"id", "error"}`. The reply's
+id derives from the request's `source` and `id` and the variant (`shared.eventid`), so every
+redelivery of an event is answered under the same id; a redelivery is answered from the stored
+reply or joins the computation still running (redelivery.py, EVENT_REPLAY_SIZE).
 
 Status codes follow Knative's delivery rules: a malformed event or data is 400 and an unknown type
 is 400 (`unsupported_event_type`), both never retried; overload is 429 and not-ready/shutting down
@@ -51,7 +54,9 @@ from functions.sentiment.inputs import (
     read_body,
     shown,
 )
+from functions.sentiment.monitoring import event_origin
 from functions.sentiment.qos import from_event, late_item
+from functions.sentiment.redelivery import Answer, content_digest, redeliveries
 from functions.sentiment.schemas import (
     MAX_ATTRIBUTE_CHARS,
     REQUEST_ID_EXTENSION,
@@ -61,6 +66,7 @@ from functions.sentiment.schemas import (
 )
 from functions.sentiment.sink import EventSink, Send
 from shared.errors import ApiError, DeadlineExceeded, InvalidEvent, UnsupportedEventType
+from shared.eventid import derived_id
 from shared.tracing import extract_event_context
 
 if TYPE_CHECKING:  # the model module imports ONNX Runtime: the preload thread does that
@@ -240,6 +246,7 @@ async def answer(
         else:
             results.append(item_error_json(entry))
     attributes: dict[str, Any] = {
+        "id": derived_id(event.get_source(), event.get_id(), RESPONSE_TYPE, s.variant),
         "type": RESPONSE_TYPE,
         "source": s.event_source,
         "subject": event.get_subject() or event.get_id(),
@@ -266,6 +273,30 @@ async def _receive(request: Request, state: AppState, send: Send | None) -> Resp
     s = state.settings
     body = await read_body(request, s.max_body_bytes, s.body_timeout_s)
     event, structured = parse_event(request.headers, body)
+    origin = event_origin.get()  # a payload-logged request: its event names the log event
+    if origin is not None:
+        origin.update(source=event.get_source(), id=event.get_id())
+    replies = redeliveries(state)
+    stored: Answer | None = None
+    if replies is None:
+        reply = await _traced_answer(state, event, arrival)
+    else:
+        reply, stored = await replies.answer(
+            event.get_source(),
+            event.get_id(),
+            content_digest(event),
+            lambda: _traced_answer(state, event, arrival),
+        )
+    # K_SINK gets each answer once (again only if its delivery gave up), not once per delivery.
+    if send is not None and (stored is None or stored.claim_sink()):
+        delivery = send(reply)
+        if stored is not None:
+            delivery.add_done_callback(stored.sink_done)
+    message = ce_http.to_structured_event(reply) if structured else ce_http.to_binary_event(reply)
+    return Response(message.body, status_code=200, headers=message.headers)
+
+
+async def _traced_answer(state: AppState, event: BaseCloudEvent, arrival: float) -> CloudEvent:
     # CloudEvents distributed-tracing extension: the event's own `traceparent` (set by the
     # producer, kept through the Broker) parents the span; without one, the HTTP server span does.
     parent = extract_event_context(event.get_attributes())
@@ -285,10 +316,7 @@ async def _receive(request: Request, state: AppState, send: Send | None) -> Resp
         for key in ("traceparent", "tracestate"):
             if key in carrier:
                 reply.get_attributes()[key] = carrier[key]
-    if send is not None:
-        send(reply)
-    message = ce_http.to_structured_event(reply) if structured else ce_http.to_binary_event(reply)
-    return Response(message.body, status_code=200, headers=message.headers)
+    return reply
 
 
 async def start_sink(state: AppState) -> None:

@@ -29,6 +29,11 @@ Record = tuple[Sequence[str], Sequence["Prediction"]]
 payload_record: contextvars.ContextVar[list[Record] | None] = contextvars.ContextVar(
     "payload_record", default=None
 )
+# A payload-logged CloudEvent request notes its event's source and id here (the log event's id
+# derives from them); other requests leave it empty and the request id names the log event.
+event_origin: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar(
+    "event_origin", default=None
+)
 
 
 class PredictionMetrics:

@@ -5,6 +5,9 @@ gets a list in `monitoring.payload_record`, which `core.classify` fills with the
 and the predictions it returned, whichever protocol (`/predict`, `/v2`, CloudEvents) asked. Once
 the response has been sent, those become one event of type `dev.kubesentiment.sentiment.logged`
 (binary content mode) for PAYLOAD_LOG_SINK, carrying the request id as the `requestid` extension.
+Its id derives from what it logs (`shared.eventid`): for a CloudEvent request, the request event's
+source and id; for an HTTP request, this function's event source and the request id (X-Request-ID
+when the client sent one, so a client's retry of a request is logged under the same id).
 
 Nothing here can block or fail a request: the event goes to the K_SINK sender's machinery
 (`sink.EventSink`, background tasks with retries) with its own bound, PAYLOAD_LOG_MAX_PENDING; an
@@ -31,8 +34,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from functions.sentiment.context import route_template
 from functions.sentiment.core import AppState
 from functions.sentiment.lifecycle import StartHook, remaining
-from functions.sentiment.monitoring import Record, payload_record
+from functions.sentiment.monitoring import Record, event_origin, payload_record
 from functions.sentiment.schemas import REQUEST_ID_EXTENSION
+from shared.eventid import derived_id
 from shared.logs import request_id_var
 
 if TYPE_CHECKING:
@@ -81,9 +85,16 @@ def items(records: Sequence[Record], *, hash_texts: bool) -> list[dict[str, Any]
 
 
 def build_event(
-    state: AppState, records: Sequence[Record], *, route: str, status: int, request_id: str | None
+    state: AppState,
+    records: Sequence[Record],
+    *,
+    route: str,
+    status: int,
+    request_id: str | None,
+    origin: tuple[str, str] | None = None,
 ) -> CloudEvent:
-    """The `dev.kubesentiment.sentiment.logged` event for one request's records."""
+    """The `dev.kubesentiment.sentiment.logged` event for one request's records; `origin` is the
+    (source, id) of the CloudEvent the request carried, if it carried one."""
     s = state.settings
     model: dict[str, Any] = {}
     if state.classifier is not None:
@@ -97,6 +108,9 @@ def build_event(
     }
     if request_id:
         attributes[REQUEST_ID_EXTENSION] = request_id
+    named = origin or ((s.event_source, request_id) if request_id else None)
+    if named is not None:
+        attributes["id"] = derived_id(*named, LOGGED_TYPE, s.variant)
     data = {
         "request_id": request_id,
         "route": route,
@@ -127,7 +141,9 @@ class PayloadLogger:
             await self.app(scope, receive, send)
             return
         records: list[Record] = []
+        origin: dict[str, str] = {}
         token = payload_record.set(records)
+        origin_token = event_origin.set(origin)
         status = 500
 
         async def send_status(message: Message) -> None:
@@ -140,10 +156,18 @@ class PayloadLogger:
             await self.app(scope, receive, send_status)
         finally:
             payload_record.reset(token)
+            event_origin.reset(origin_token)
             if records:
-                self.emit(scope, status, records)
+                named = (origin["source"], origin["id"]) if origin else None
+                self.emit(scope, status, records, named)
 
-    def emit(self, scope: Scope, status: int, records: Sequence[Record]) -> None:
+    def emit(
+        self,
+        scope: Scope,
+        status: int,
+        records: Sequence[Record],
+        origin: tuple[str, str] | None = None,
+    ) -> None:
         """Queue the event for the sink; never raises (a failure is a counted drop)."""
         try:
             sink: EventSink | None = self.state.extras.get(EXTRAS_KEY)
@@ -155,6 +179,7 @@ class PayloadLogger:
                 route=route_template(scope),
                 status=status,
                 request_id=request_id_var.get(),
+                origin=origin,
             )
             if sink.offer(event):
                 return

@@ -43,7 +43,7 @@ log = logging.getLogger("kubesentiment.sink")
 RETRIED_STATUSES = frozenset({404, 408, 409, 429})
 
 Sleep = Callable[[float], Awaitable[None]]
-Send = Callable[[BaseCloudEvent], None]
+Send = Callable[[BaseCloudEvent], "asyncio.Task[bool]"]
 
 
 def backoff_delay(attempt: int, base_s: float, cap_s: float, retry_after: str | None) -> float:
@@ -108,8 +108,9 @@ class EventSink:
     def reserve(self) -> Iterator[Send]:
         """Take a place for one event before computing it; SinkFull (503) when none is left.
 
-        Yields the function that sends the event; a place not used by the end of the block (the
-        request failed) is given back.
+        Yields the function that sends the event (it returns the delivery's task, whose result
+        says whether the sink accepted it); a place not used by the end of the block (the request
+        failed) is given back.
         """
         if self.pending >= self.max_pending:
             raise SinkFull(
@@ -121,13 +122,13 @@ class EventSink:
         self._gauge.set(self.pending)
         used = False
 
-        def send(event: BaseCloudEvent) -> None:
+        def send(event: BaseCloudEvent) -> asyncio.Task[bool]:
             nonlocal used
             if used:
                 raise RuntimeError("one reservation sends one event")
             used = True
             self._reserved -= 1
-            self._start(event)
+            return self._start(event)
 
         try:
             yield send
@@ -149,11 +150,12 @@ class EventSink:
         self._start(event)
         return True
 
-    def _start(self, event: BaseCloudEvent) -> None:
+    def _start(self, event: BaseCloudEvent) -> asyncio.Task[bool]:
         task = asyncio.create_task(self.deliver(event), name="sink-send")
         self._tasks.add(task)
         task.add_done_callback(self._done)
         self._gauge.set(self.pending)
+        return task
 
     def _done(self, task: asyncio.Task[bool]) -> None:
         self._tasks.discard(task)
