@@ -339,3 +339,24 @@ def test_a_k_sink_delivery_that_gave_up_is_handed_again_on_replay() -> None:
         assert not third.claim_sink()  # delivered: not again
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        pytest.param("priority", "{}", id="priority"),
+        pytest.param("deadline", "yesterday", id="deadline"),
+    ],
+)
+def test_a_redelivery_that_is_invalid_as_sent_is_refused_not_replayed(
+    ce_client: TestClient, name: str, value: str
+) -> None:
+    # Found by schemathesis: the same (source, id, data) with a broken extension got the stored
+    # reply. Every check runs before the replay cache is consulted.
+    ev = event({"texts": ["Great film"]}, f"invalid-{name}")
+    assert post(ce_client, ev, structured=False).status_code == 200
+    broken = event({"texts": ["Great film"]}, f"invalid-{name}", **{name: value})
+    response = post(ce_client, broken, structured=False)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["type"] == "invalid_event"
+    assert redeliveries(ce_client, "replayed") == 0

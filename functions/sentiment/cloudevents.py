@@ -29,6 +29,7 @@ import logging
 import re
 import time
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from cloudevents.core.base import BaseCloudEvent
@@ -55,7 +56,7 @@ from functions.sentiment.inputs import (
     shown,
 )
 from functions.sentiment.monitoring import event_origin
-from functions.sentiment.qos import from_event, late_item
+from functions.sentiment.qos import Qos, from_event, late_item
 from functions.sentiment.redelivery import Answer, content_digest, redeliveries
 from functions.sentiment.schemas import (
     MAX_ATTRIBUTE_CHARS,
@@ -205,11 +206,20 @@ def item_error_json(error: ItemError) -> dict[str, Any]:
     return out
 
 
-async def answer(
-    state: AppState, event: BaseCloudEvent, arrival: float | None = None
-) -> CloudEvent:
-    """Classify a request event's items and build the reply event (`arrival`: when the request
-    came, on time.monotonic(), for the server's deadline; now by default)."""
+@dataclass(frozen=True)
+class Checked:
+    """A request event that passed every check: its items, long-text mode and QoS."""
+
+    event: BaseCloudEvent
+    items: list[Item | ItemError]
+    long_text: str | None
+    qos: Qos
+
+
+def check(state: AppState, event: BaseCloudEvent, arrival: float | None = None) -> Checked:
+    """Every check of a request event (type, data, deadline and priority extensions), raising its
+    4xx error; done before a redelivery is looked up, so no stored reply answers a request that
+    is invalid as sent. `arrival`: when it came, on time.monotonic(), for the deadline."""
     if event.get_type() != REQUEST_TYPE:
         raise UnsupportedEventType(
             f"event type {event.get_type()!r} is not handled; send {REQUEST_TYPE!r}"
@@ -220,6 +230,21 @@ async def answer(
     )
     # The deadline and priority extensions (low by default: bulk work yields to people).
     qos = from_event(event.get_attributes(), s, InvalidEvent, arrival or time.monotonic())
+    return Checked(event, items, long_text, qos)
+
+
+async def answer(
+    state: AppState, event: BaseCloudEvent, arrival: float | None = None
+) -> CloudEvent:
+    """Classify a request event's items and build the reply event (`arrival`: when the request
+    came, on time.monotonic(), for the server's deadline; now by default)."""
+    return await answer_checked(state, check(state, event, arrival))
+
+
+async def answer_checked(state: AppState, request: Checked) -> CloudEvent:
+    """The reply to a request that passed `check`."""
+    s = state.settings
+    event, items, long_text, qos = request.event, request.items, request.long_text, request.qos
     good = [i for i in items if isinstance(i, Item)]
     results: list[dict[str, Any]] = []
     predictions: Iterator[Prediction | None] = iter(())
@@ -276,16 +301,17 @@ async def _receive(request: Request, state: AppState, send: Send | None) -> Resp
     origin = event_origin.get()  # a payload-logged request: its event names the log event
     if origin is not None:
         origin.update(source=event.get_source(), id=event.get_id())
+    checked = check(state, event, arrival)
     replies = redeliveries(state)
     stored: Answer | None = None
     if replies is None:
-        reply = await _traced_answer(state, event, arrival)
+        reply = await _traced_answer(state, checked)
     else:
         reply, stored = await replies.answer(
             event.get_source(),
             event.get_id(),
             content_digest(event),
-            lambda: _traced_answer(state, event, arrival),
+            lambda: _traced_answer(state, checked),
         )
     # K_SINK gets each answer once (again only if its delivery gave up), not once per delivery.
     if send is not None and (stored is None or stored.claim_sink()):
@@ -296,7 +322,8 @@ async def _receive(request: Request, state: AppState, send: Send | None) -> Resp
     return Response(message.body, status_code=200, headers=message.headers)
 
 
-async def _traced_answer(state: AppState, event: BaseCloudEvent, arrival: float) -> CloudEvent:
+async def _traced_answer(state: AppState, request: Checked) -> CloudEvent:
+    event = request.event
     # CloudEvents distributed-tracing extension: the event's own `traceparent` (set by the
     # producer, kept through the Broker) parents the span; without one, the HTTP server span does.
     parent = extract_event_context(event.get_attributes())
@@ -309,7 +336,7 @@ async def _traced_answer(state: AppState, event: BaseCloudEvent, arrival: float)
             "cloudevents.event_type": event.get_type(),
         },
     ):
-        reply = await answer(state, event, arrival)
+        reply = await answer_checked(state, request)
         # The reply continues the trace: its traceparent is this span's context.
         carrier: dict[str, str] = {}
         propagate.inject(carrier)
