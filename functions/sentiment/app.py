@@ -26,6 +26,7 @@ from functions.sentiment import (
     payload_log,
     playground,
     rest,
+    sink,
 )
 from functions.sentiment.context import RequestContext
 from functions.sentiment.core import AppState, app_state, error_response, unexpected_response
@@ -87,8 +88,8 @@ def create_app(
         state.extras["preload"] = preloaded
     start_hooks = [load_model, *(hooks or [])]
     if settings.k_sink:
-        start_hooks.append(cloudevents.start_sink)
-        state.closers.append(lambda: cloudevents.stop_sink(state, remaining(state)))
+        start_hooks.append(sink.start_sink)
+        state.closers.append(lambda: sink.stop_sink(state, remaining(state)))
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

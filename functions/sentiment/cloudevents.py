@@ -346,27 +346,6 @@ async def _traced_answer(state: AppState, request: Checked) -> CloudEvent:
     return reply
 
 
-async def start_sink(state: AppState) -> None:
-    """Start hook: when K_SINK is set, result events are also posted there."""
-    url = state.settings.k_sink
-    if url:
-        state.extras["sink"] = EventSink(
-            url,
-            state.metrics,
-            state.settings.variant,
-            max_pending=state.settings.sink_max_pending,
-            retry_after_s=state.settings.retry_after_s,
-        )
-        log.info("result events also go to K_SINK")
-
-
-async def stop_sink(state: AppState, timeout_s: float) -> None:
-    """Let sink deliveries in progress finish (up to `timeout_s`), then close the client."""
-    sink: EventSink | None = state.extras.pop("sink", None)
-    if sink is not None:
-        await sink.close(timeout_s)
-
-
 def routes() -> list[BaseRoute]:
     """The CloudEvents route (the function's root, where Triggers deliver)."""
     return [Route("/", receive, methods=["POST"])]

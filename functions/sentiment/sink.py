@@ -31,6 +31,7 @@ from cloudevents.core.base import BaseCloudEvent
 from cloudevents.core.bindings import http as ce_http
 from prometheus_client import Counter, Gauge
 
+from functions.sentiment.core import AppState
 from shared.errors import SinkFull
 from shared.metrics import Metrics
 
@@ -203,3 +204,24 @@ class EventSink:
                 self._sent.labels("failure", self._variant).inc(len(late))
                 await asyncio.gather(*late, return_exceptions=True)
         await self._client.aclose()
+
+
+async def start_sink(state: AppState) -> None:
+    """Start hook: when K_SINK is set, result events are also posted there."""
+    url = state.settings.k_sink
+    if url:
+        state.extras["sink"] = EventSink(
+            url,
+            state.metrics,
+            state.settings.variant,
+            max_pending=state.settings.sink_max_pending,
+            retry_after_s=state.settings.retry_after_s,
+        )
+        log.info("result events also go to K_SINK")
+
+
+async def stop_sink(state: AppState, timeout_s: float) -> None:
+    """Let sink deliveries in progress finish (up to `timeout_s`), then close the client."""
+    sink: EventSink | None = state.extras.pop("sink", None)
+    if sink is not None:
+        await sink.close(timeout_s)
