@@ -35,6 +35,8 @@ from tokenizers import Tokenizer
 
 from training.modeling import MeanPoolingBertForSequenceClassification, mean_pool, padded
 
+PRIOR = 1.0  # weight of the calibration's priors against its summed log-likelihood
+
 
 @dataclass(frozen=True)
 class Recipe:
@@ -166,7 +168,7 @@ def fit_calibration(
     logits: torch.Tensor, y: Sequence[int], balanced: bool
 ) -> tuple[float, torch.Tensor]:
     """Temperature and per-class biases minimising the (class-weighted) negative
-    log-likelihood of `logits / T + bias`."""
+    log-likelihood of `logits / T + bias`, plus PRIOR * (log(T)^2 + |bias|^2)."""
     k = logits.shape[1]
     target = torch.tensor(list(y))
     weights = class_weights(list(y), k, balanced)
@@ -178,7 +180,9 @@ def fit_calibration(
         optim.zero_grad()
         scaled = logits / log_t.exp() + bias
         loss = torch.nn.functional.cross_entropy(scaled, target, weight=weights, reduction="sum")
-        loss = loss + 1e-3 * (bias**2).sum()  # identifiable: biases shift together otherwise
+        # Weak priors (T near 1, small biases) that fade as rows accumulate: with a few dozen
+        # labels a free temperature can flatten the head until the biases alone decide.
+        loss = loss + PRIOR * (log_t**2 + (bias**2).sum())
         loss.backward()
         return loss
 
