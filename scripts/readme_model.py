@@ -301,7 +301,7 @@ def finetune_section(docs: Path = DOCS) -> str:
 def adapt_curve_section(docs: Path = DOCS) -> str:
     """The README's learning curve (`make adapt-curve`, docs/adapt_curve.json) and the issue's
     targets checked against it."""
-    from training.adapt_curve import table
+    from training.adapt_curve import PROTOCOL, table
 
     path = docs / "adapt_curve.json"
     if not path.is_file():
@@ -316,10 +316,13 @@ def adapt_curve_section(docs: Path = DOCS) -> str:
     slowest = max(r.get("seconds_run", 0.0) for r in curve["runs"])
     majority_ok = all(r["accuracy"] > r["majority"]["accuracy"] for r in curve["runs"])
     drops = [r["gate"]["fp32"] - r["gate"]["int8"] for r in curve["runs"] if "gate" in r]
+    refused = sum(1 for r in curve["runs"] if r.get("gate", {}).get("passed") is False)
     intro = (
-        f"Measured by `make adapt-curve` ({curve['domain']}; docs/adapt_curve.json, "
-        f"{curve['threads']} threads, recipe `{curve['recipe']['name']}`). {curve['protocol']} "
-        f"Means over the seeds; the range is the lowest and highest seed."
+        f"Measured by `make adapt-curve` (docs/adapt_curve.json, {curve['threads']} threads, "
+        f"recipe `{curve['recipe']['name']}`). Protocol: {PROTOCOL} "
+        "Means over the seeds; the range is the lowest and highest seed. ECE: expected "
+        "calibration error of P(positive) (10 bins of confidence) on the test rows, of the "
+        "adapted head before and after its calibration (for equal priors: see the recipe)."
     )
     checks = []
     for size, points in ((50, 5), (500, 10)):
@@ -341,7 +344,8 @@ def adapt_curve_section(docs: Path = DOCS) -> str:
     if drops:
         checks.append(
             f"int8 within 1 point of its fp32 on the test rows in every run (largest drop "
-            f"{100 * max(drops):+.1f} points): {_verdict(max(drops) <= 0.01 + 1e-9)}"
+            f"{100 * max(drops):+.1f} points; the gate refused {refused} of {len(drops)} runs): "
+            + _verdict(max(drops) <= 0.01 + 1e-9)
         )
     lines = [*_wrap([intro]), "", table(curve), "", *_wrap(["Targets: " + "; ".join(checks) + "."])]
     return f"{AC_BEGIN}\n" + "\n".join(lines) + f"\n{AC_END}"
