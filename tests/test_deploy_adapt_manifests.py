@@ -8,6 +8,7 @@ needs, the image that holds the code.
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,10 @@ def test_the_adapt_job_runs_the_adapt_command_on_2_cpus_and_4_gib() -> None:
     sink = one("adapt.yaml", "JobSink")
     (container,) = pod(sink)["containers"]
     assert container["image"].startswith("kubesentiment/adapt:")
-    assert container["command"] == ["python", "-m", "functions.adaptjob"]
+    assert container["command"] == ["python", "-m", "training.adaptjob"]
+    # The module the Job runs is the adapt job of this repository, and its image's entry point.
+    assert importlib.util.find_spec(container["command"][2]) is not None
+    assert 'CMD ["python", "-m", "training.adaptjob"]' in (ROOT / "Dockerfile").read_text()
     resources = container["resources"]
     assert resources["requests"] == resources["limits"] == {"cpu": "2", "memory": "4Gi"}
     env = {e["name"]: e["value"] for e in container["env"]}

@@ -3,16 +3,17 @@
     python -m training.finetune reviews.csv --out build/my-model [--base DIR]
 
 FILE is CSV/TSV or JSONL with `text` and `label` (training/labelled.py: labels, score, errors).
-A seeded fifth of each label is held out; the rest fine-tunes the default checkpoint (or `--base`,
-a checkpoint directory or the OUT of an earlier run) with the same loop as `make train`
-(training/train.py `fit`): AdamW lr 8e-5, batch 16, 2 epochs, at most 128 tokens per training
-text, the embeddings and the lowest 3 of the 6 encoder layers frozen (their backward pass is
-skipped: 1,000 rows of up to 200 words fit in minutes on 2 cores). It writes the fp32 model
-directory at OUT-fp32, the int8 one at OUT (refused by the quantization gate if it loses more than
-1 point of accuracy on the held-out fifth), the checkpoint at OUT-checkpoint (a `--base` for the
-next run), and prints a report: accuracy, macro-F1 and confusion matrix of the new model and of
-the default model on the held-out fifth. Problems with the data end the command with one line
-naming the problem and a non-zero exit, never a traceback.
+A seeded fifth of each label is held out; the rest adapts the default checkpoint (or `--base`, a
+checkpoint directory or the OUT of an earlier run) with the adaptation recipe (training/adapt.py;
+`--recipe legacy` is the plain fine-tuning this command used before; `--finetune-from`,
+`--epochs`, `--lr`, `--freeze-layers`, `--batch-size` and `--train-max-tokens` override the
+recipe's encoder fine-tuning, and `--epochs`, `--lr` or `--freeze-layers` alone turn it on at any
+size). It writes the fp32 model directory at OUT-fp32, the int8 one at
+OUT (refused by the quantization gate if it loses more than 1 point of accuracy on the held-out
+fifth), the checkpoint at OUT-checkpoint (a `--base` for the next run), and prints a report:
+accuracy, balanced accuracy, macro-F1 and confusion matrix of the new model, of the default model
+and of the majority class of the training rows, all on the same held-out fifth. Problems with the
+data end the command with one line naming the problem and a non-zero exit, never a traceback.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import random
 import sys
 import time
 from collections import Counter
@@ -51,20 +51,14 @@ def checkpoint_dir(base: Path) -> Path:
 
 
 def metrics(gold: list[str], pred: list[str], labels: tuple[str, ...]) -> dict[str, Any]:
-    """Accuracy, macro-F1 over the labels present in `gold`, and the confusion matrix."""
-    from training.evaluate import accuracy, macro_f1
+    """Accuracy, balanced accuracy and macro-F1 over the labels present in `gold`, each label's
+    recall, and the confusion matrix."""
+    from training.adapt import figures
 
-    g = [labels.index(x) for x in gold]
-    p = [labels.index(x) for x in pred]
     confusion = [[0] * len(labels) for _ in labels]
-    for a, b in zip(g, p, strict=True):
-        confusion[a][b] += 1
-    return {
-        "n": len(gold),
-        "accuracy": accuracy(g, p),
-        "macro_f1": macro_f1(g, p),
-        "confusion": confusion,
-    }
+    for a, b in zip(gold, pred, strict=True):
+        confusion[labels.index(a)][labels.index(b)] += 1
+    return {**figures(gold, pred, labels), "confusion": confusion}
 
 
 def predict(directory: Path, texts: list[str], threads: int) -> list[Any]:
@@ -108,10 +102,18 @@ def report(results: dict[str, dict[str, Any]], labels: tuple[str, ...], n: int) 
     lines = [
         f"Held-out fifth: {n} rows, labels {', '.join(labels)}",
         "",
-        "| model | accuracy | macro-F1 |",
-        "|---|---|---|",
+        "| model | accuracy | balanced accuracy | macro-F1 |",
+        "|---|---|---|---|",
     ]
-    lines += [f"| {k} | {v['accuracy']:.3f} | {v['macro_f1']:.3f} |" for k, v in results.items()]
+    lines += [
+        f"| {k} | {v['accuracy']:.3f} | {v['balanced_accuracy']:.3f} | {v['macro_f1']:.3f} |"
+        for k, v in results.items()
+    ]
+    lines += [
+        "",
+        "Balanced accuracy is the mean of the labels' recalls: always answering the majority "
+        "class scores 1 / (number of labels) on it, whatever its accuracy.",
+    ]
     for name in results:
         lines += ["", f"Confusion matrix, {name}:", "", confusion_table(results[name], labels)]
     return "\n".join(lines)
@@ -145,13 +147,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--default", type=Path, default=DEFAULT_MODEL, help="model to compare")
     parser.add_argument("--name", help="model name (default: OUT's folder name)")
     parser.add_argument("--version", default="1.0.0")
-    parser.add_argument("--epochs", type=float, default=2.0)
     parser.add_argument(
-        "--freeze-layers", type=int, default=3, help="lowest encoder layers kept frozen (of 6)"
+        "--recipe", default="default", help="training.adapt.RECIPES: default, lpft, legacy"
     )
-    parser.add_argument("--lr", type=float, default=8e-5)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--train-max-tokens", type=int, default=TRAIN_MAX_TOKENS)
+    parser.add_argument(
+        "--finetune-from", type=int, help="fine-tune the encoder from this many training rows"
+    )
+    parser.add_argument("--epochs", type=float, help="encoder fine-tuning epochs")
+    parser.add_argument(
+        "--freeze-layers", type=int, help="lowest encoder layers kept frozen (of 6)"
+    )
+    parser.add_argument("--lr", type=float, help="encoder fine-tuning learning rate")
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--train-max-tokens", type=int, help="tokens per text while fine-tuning")
     parser.add_argument("--max-tokens", type=int, default=256, help="served truncation")
     parser.add_argument("--seed", type=int, default=SEED)
     parser.add_argument("--threads", type=int, default=0, help="ORT threads for evaluation")
@@ -170,84 +178,142 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(1) from None
 
 
-def run(args: argparse.Namespace) -> None:
-    """Read, split, fine-tune, export fp32, gate and derive int8, evaluate, report."""
-    from training import labelled
+def recipe_of(args: argparse.Namespace) -> Any:
+    """The adaptation recipe the arguments ask for (training.adapt.RECIPES plus overrides)."""
+    from training.adapt import RECIPES
 
-    started = time.monotonic()
-    rows = labelled.read_rows(args.data)
-    unique = labelled.deduplicate(rows)
-    plan = labelled.plan_labels(unique, args.data)
-    train, held = labelled.split(unique, args.seed)
-    base = checkpoint_dir(args.base)
-    out: Path = args.out
-    fp32_dir = out.with_name(f"{out.name}-fp32")
-    ckpt_dir = out.with_name(f"{out.name}-checkpoint")
-    print(
-        f"{args.data.name}: {len(rows)} rows ({len(rows) - len(unique)} duplicate texts dropped); "
-        f"labels -> model labels {list(plan.labels)}; train {len(train)}, held out {len(held)} "
-        f"({labelled.counts(held)}), seed {args.seed}",
-        flush=True,
-    )
+    recipe = RECIPES[args.recipe]
+    changes = {
+        "epochs": args.epochs, "lr": args.lr, "freeze_layers": args.freeze_layers,
+        "batch_size": args.batch_size, "train_max_tokens": args.train_max_tokens,
+        "finetune_from": args.finetune_from,
+    }  # fmt: skip
+    asked = any(changes[k] is not None for k in ("epochs", "lr", "freeze_layers"))
+    if asked and changes["finetune_from"] is None and not recipe.finetune_from:
+        changes["finetune_from"] = 1  # fine-tuning settings given: fine-tune at any size
+    return replace(recipe, **{k: v for k, v in changes.items() if v is not None})
 
+
+def produce(
+    *,
+    base: Path,
+    encoder: Path,
+    plan: Any,
+    train: list[Any],
+    gate: tuple[str, list[str], list[str]],
+    out: Path,
+    recipe: Any,
+    seed: int,
+    name: str,
+    version: str,
+    max_tokens: int,
+    source: str,
+    threads: int = 0,
+) -> dict[str, Any]:
+    """Adapt the base checkpoint to the `train` rows (training.adapt), then write the checkpoint
+    (OUT-checkpoint), the fp32 model (OUT-fp32) and the int8 model (OUT), refused by the
+    quantization gate on `gate` (set name, texts, labels); returns the adaptation record."""
     import torch
 
-    from training import data, export, quantgate
-    from training.modeling import load_trained, save_trained, trainable_above, with_labels
-    from training.train import base_model_dir, fit, training_tokenizer
+    from shared import modeldir
+    from training import export, quantgate
+    from training.adapt import adapt
+    from training.modeling import load_trained, save_trained, with_labels
+    from training.train import training_tokenizer
 
-    torch.manual_seed(args.seed)
-    encoder = args.base_model or base_model_dir()
+    fp32_dir = out.with_name(f"{out.name}-fp32")
+    ckpt_dir = out.with_name(f"{out.name}-checkpoint")
+    torch.manual_seed(seed)
     model = with_labels(load_trained(base, encoder), plan.labels)
-    examples = [data.Example(r.text, plan.index(r.label), "user") for r in train]
-    tokenizer = training_tokenizer(encoder / "tokenizer.json", args.train_max_tokens)
-    fit_started = time.monotonic()
-    steps = fit(
-        model, examples, tokenizer, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-        rng=random.Random(args.seed), progress=progress_bar(),
-        trainable=trainable_above(args.freeze_layers),
+    tokenizer = training_tokenizer(encoder / "tokenizer.json", recipe.train_max_tokens)
+    texts, labels = [r.text for r in train], [plan.index(r.label) for r in train]
+    record = adapt(
+        model, tokenizer, texts, labels, recipe, seed, max_tokens=max_tokens,
+        progress=progress_bar(),
     )  # fmt: skip
-    fit_seconds = time.monotonic() - fit_started
-    digest = hashlib.sha256(args.data.read_bytes()).hexdigest()
-    recipe = {
-        "base": base.name, "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size,
-        "train_max_tokens": args.train_max_tokens, "freeze_layers": args.freeze_layers,
-        "seed": args.seed, "steps": steps,
-        "train_rows": len(train), "held_out_rows": len(held), "seconds": round(fit_seconds, 1),
-    }  # fmt: skip
+    record.update(base=base.name, seed=seed, train_rows=len(train), held_out_rows=len(gate[1]))
     save_trained(model, ckpt_dir)
-    (ckpt_dir / "training.json").write_text(json.dumps(recipe, indent=2) + "\n")
-    source = (
-        f"{args.data.name} (sha256 {digest[:16]}): {len(unique)} labelled rows "
-        f"({labelled.counts(unique)}); a seeded fifth of each label held out"
-    )
+    (ckpt_dir / "training.json").write_text(json.dumps(record, indent=2) + "\n")
     manifest = export.export(
-        model, encoder / "tokenizer.json", fp32_dir, name=args.name or out.name,
-        version=args.version, labels=plan.labels, max_tokens=args.max_tokens,
-        base_model=f"fine-tuned from {base.name} (all-MiniLM-L6-v2, mean pooling)",
-        training_data=[source, f"recipe: {json.dumps(recipe, sort_keys=True)}"], optimize="bert",
+        model, encoder / "tokenizer.json", fp32_dir, name=name, version=version,
+        labels=plan.labels, max_tokens=max_tokens,
+        base_model=f"adapted from {base.name} (all-MiniLM-L6-v2, mean pooling)",
+        training_data=[source, f"recipe: {json.dumps(record, sort_keys=True)}"], optimize="bert",
     )  # fmt: skip
     extra = {**manifest.extra, "score": score_note(plan)}
     if plan.score_weights is not None:
         extra["score_weights"] = list(plan.score_weights)
-    from shared import modeldir
-
     modeldir.write_manifest(fp32_dir, replace(manifest, extra=extra))
+    measure = quantgate.labelled_measure(gate[0], gate[1], gate[2], threads=threads)
+    quantgate.derive_int8_gated(fp32_dir, out, measure)
+    return record
+
+
+def held_out_results(
+    models: dict[str, Path],
+    default: Path,
+    plan: Any,
+    held: list[Any],
+    majority: str,
+    threads: int = 0,
+) -> dict[str, dict[str, Any]]:
+    """Figures of each model directory, of the default model (mapped to the new labels, when it
+    can be) and of the majority class of the training rows, on the same held-out rows."""
     texts = [r.text for r in held]
     gold = [plan.canonical[r.label] for r in held]
-    measure = quantgate.labelled_measure("held_out_fifth", texts, gold, threads=args.threads)
-    quantgate.derive_int8_gated(fp32_dir, out, measure)
-
-    results: dict[str, dict[str, Any]] = {}
-    for key, directory in ((f"{out.name} int8", out), (f"{out.name} fp32", fp32_dir)):
-        pred = [p.label for p in predict(directory, texts, args.threads)]
-        results[key] = metrics(gold, pred, plan.labels)
-    mapped = default_labels(predict(args.default, texts, args.threads), plan)
+    results = {}
+    for key, directory in models.items():
+        results[key] = metrics(
+            gold, [p.label for p in predict(directory, texts, threads)], plan.labels
+        )
+    mapped = default_labels(predict(default, texts, threads), plan)
     if mapped is not None:
-        results[f"default {args.default.name}"] = metrics(gold, mapped, plan.labels)
-    else:
-        majority = Counter(plan.canonical[r.label] for r in train).most_common(1)[0][0]
-        results[f"majority class ({majority})"] = metrics(gold, [majority] * len(gold), plan.labels)
+        results[f"default {default.name}"] = metrics(gold, mapped, plan.labels)
+    results[f"majority class ({majority})"] = metrics(gold, [majority] * len(gold), plan.labels)
+    return results
+
+
+def run(args: argparse.Namespace) -> None:
+    """Read, split, adapt, export fp32, gate and derive int8, evaluate, report."""
+    from shared import modeldir
+    from training import labelled, quantgate
+
+    started = time.monotonic()
+    rows, skipped = labelled.read_labelled(args.data)
+    unique = labelled.deduplicate(rows)
+    plan = labelled.plan_labels(unique, args.data)
+    train, held = labelled.split(unique, args.seed)
+    base = checkpoint_dir(args.base)
+    recipe = recipe_of(args)
+    out: Path = args.out
+    fp32_dir = out.with_name(f"{out.name}-fp32")
+    ckpt_dir = out.with_name(f"{out.name}-checkpoint")
+    print(
+        f"{args.data.name}: {len(rows)} rows ({len(rows) - len(unique)} duplicate texts dropped"
+        + (f", {skipped} without a label skipped" if skipped else "")
+        + f"); labels -> model labels {list(plan.labels)}; train {len(train)}, held out "
+        f"{len(held)} ({labelled.counts(held)}), seed {args.seed}; recipe {recipe.name}",
+        flush=True,
+    )
+    from training.train import base_model_dir
+
+    digest = hashlib.sha256(args.data.read_bytes()).hexdigest()
+    source = (
+        f"{args.data.name} (sha256 {digest[:16]}): {len(unique)} labelled rows "
+        f"({labelled.counts(unique)}); a seeded fifth of each label held out"
+    )
+    gold = [plan.canonical[r.label] for r in held]
+    record = produce(
+        base=base, encoder=args.base_model or base_model_dir(), plan=plan, train=train,
+        gate=("held_out_fifth", [r.text for r in held], gold), out=out, recipe=recipe,
+        seed=args.seed, name=args.name or out.name, version=args.version,
+        max_tokens=args.max_tokens, source=source, threads=args.threads,
+    )  # fmt: skip
+    majority = Counter(plan.canonical[r.label] for r in train).most_common(1)[0][0]
+    results = held_out_results(
+        {f"{out.name} int8": out, f"{out.name} fp32": fp32_dir}, args.default, plan, held,
+        majority, args.threads,
+    )  # fmt: skip
     table = report(results, plan.labels, len(held))
     for directory in (fp32_dir, out):
         m = modeldir.load(directory)
@@ -258,10 +324,11 @@ def run(args: argparse.Namespace) -> None:
     print("\n" + table + "\n")
     print("Quantization gate (int8 against fp32 on the held-out fifth):")
     print(quantgate.describe(gate))
+    steps = f", {record['steps']} steps" if "steps" in record else ""
     print(
         f"\nWrote {out} (int8), {fp32_dir} (fp32), {ckpt_dir} (checkpoint, a --base for the next "
-        f"run) in {time.monotonic() - started:.0f} s ({fit_seconds:.0f} s fine-tuning, {steps} "
-        f"steps; {time.process_time():.0f} CPU-seconds). Serve it: MODEL_DIR={out} make serve"
+        f"run) in {time.monotonic() - started:.0f} s ({record['seconds']:.0f} s adapting{steps}; "
+        f"{time.process_time():.0f} CPU-seconds). Serve it: MODEL_DIR={out} make serve"
     )
 
 

@@ -1,7 +1,10 @@
 """Users' labelled data for fine-tuning: reading a CSV or JSONL file, the label plan, the split.
 
 A file holds one row per text with a `text` and a `label` column (CSV, TSV) or field (JSONL);
-labels are any strings. Every problem a user can fix is a `DataError` whose message names the file
+labels are any strings. Other columns are ignored, except `sample` (how the labelling file's
+sampler picked the text: uncertain, diverse or random), kept for the adapt job's held-out share.
+Rows with an empty text or label (texts a person skipped) are left out and counted
+(`read_labelled`). Every problem a user can fix is a `DataError` whose message names the file
 (and the line, for JSONL) and what is wrong, so the command can print it as one line.
 
 Labels become the model's labels in a stable order (`plan_labels`):
@@ -39,6 +42,7 @@ class Row:
 
     text: str
     label: str
+    sample: str = ""
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,11 @@ class LabelPlan:
 
 def read_rows(path: Path) -> list[Row]:
     """Rows of a CSV/TSV or JSONL file (format from the suffix, else from the first character)."""
+    return read_labelled(path)[0]
+
+
+def read_labelled(path: Path) -> tuple[list[Row], int]:
+    """The rows of a file and how many rows were skipped for an empty text or label."""
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as e:
@@ -69,13 +78,17 @@ def read_rows(path: Path) -> list[Row]:
     jsonl = suffix in {".jsonl", ".ndjson", ".json"} or (
         suffix not in {".csv", ".tsv"} and text.lstrip().startswith("{")
     )
-    rows = _jsonl(path, text) if jsonl else _csv(path, text, "\t" if suffix == ".tsv" else ",")
+    skipped: list[int] = []
+    if jsonl:
+        rows = _jsonl(path, text, skipped)
+    else:
+        rows = _csv(path, text, "\t" if suffix == ".tsv" else ",", skipped)
     if not rows:
         raise DataError(f"{path}: no row has both a text and a label")
-    return rows
+    return rows, len(skipped)
 
 
-def _jsonl(path: Path, text: str) -> list[Row]:
+def _jsonl(path: Path, text: str, skipped: list[int]) -> list[Row]:
     rows = []
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -93,11 +106,13 @@ def _jsonl(path: Path, text: str) -> list[Row]:
             raise DataError(f"{path}:{lineno}: 'text' is not a string")
         if not isinstance(obj["label"], str | int | float) or isinstance(obj["label"], bool):
             raise DataError(f"{path}:{lineno}: 'label' is not a string or a number")
-        _append(rows, obj["text"], str(obj["label"]))
+        sample = obj.get("sample")
+        if not _append(rows, obj["text"], str(obj["label"]), str(sample or "")):
+            skipped.append(lineno)
     return rows
 
 
-def _csv(path: Path, text: str, delimiter: str) -> list[Row]:
+def _csv(path: Path, text: str, delimiter: str, skipped: list[int]) -> list[Row]:
     # Not text.splitlines(): a quoted field may hold line breaks (RFC 4180), and splitlines also
     # breaks at U+2028 and other separators that are part of a text.
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
@@ -108,19 +123,26 @@ def _csv(path: Path, text: str, delimiter: str) -> list[Row]:
                 found = ", ".join(repr(h) for h in header) or "none"
                 raise DataError(f"{path}: no {key!r} column (columns: {found})")
         ti, li = header.index("text"), header.index("label")
+        si = header.index("sample") if "sample" in header else None
         rows: list[Row] = []
         for record in reader:
-            if len(record) > max(ti, li):
-                _append(rows, record[ti], record[li])
+            if not any(field.strip() for field in record):
+                continue  # a blank line
+            sample = record[si] if si is not None and len(record) > si else ""
+            if len(record) <= max(ti, li) or not _append(rows, record[ti], record[li], sample):
+                skipped.append(reader.line_num)
     except csv.Error as e:
         raise DataError(f"{path}: not readable as CSV ({e})") from e
     return rows
 
 
-def _append(rows: list[Row], text: str, label: str) -> None:
-    # Rows with an empty text or label carry nothing to learn from: skipped, not an error.
+def _append(rows: list[Row], text: str, label: str, sample: str = "") -> bool:
+    """Append a row unless its text or label is empty (nothing to learn from: skipped, counted,
+    not an error); True when appended."""
     if text.strip() and label.strip():
-        rows.append(Row(text.strip(), label.strip()))
+        rows.append(Row(text.strip(), label.strip(), sample.strip().lower()))
+        return True
+    return False
 
 
 def deduplicate(rows: list[Row]) -> list[Row]:
@@ -165,8 +187,11 @@ def _number(label: str) -> float | None:
         return None
 
 
-def split(rows: list[Row], seed: int) -> tuple[list[Row], list[Row]]:
-    """Seeded, per-label held-out fifth: (train, held_out); every label has rows in both."""
+def split(
+    rows: list[Row], seed: int, fraction: float = HELD_OUT_FRACTION
+) -> tuple[list[Row], list[Row]]:
+    """Seeded, per-label held-out share (a fifth by default): (train, held_out); every label has
+    rows in both."""
     by_label: dict[str, list[Row]] = {}
     for row in rows:
         by_label.setdefault(row.label, []).append(row)
@@ -181,7 +206,7 @@ def split(rows: list[Row], seed: int) -> tuple[list[Row], list[Row]]:
                 "(one to train on, one to hold out)"
             )
         rng.shuffle(group)
-        n_held = min(len(group) - 1, max(1, round(len(group) * HELD_OUT_FRACTION)))
+        n_held = min(len(group) - 1, max(1, round(len(group) * fraction)))
         held.extend(group[:n_held])
         train.extend(group[n_held:])
     rng.shuffle(train)

@@ -125,6 +125,8 @@ def fit(
     raters: float = 0.0,
     progress: Progress | None = None,
     trainable: Callable[[str], bool] = all_but_word_embeddings,
+    class_weights: torch.Tensor | None = None,
+    pull: float = 0.0,
 ) -> int:
     """Fine-tune `model` in place (the recipe above); returns the number of optimizer steps.
 
@@ -133,12 +135,15 @@ def fit(
     `rating` add the squared error between P(positive) - P(negative) and the rating (3-class
     default labels only). `trainable` picks the parameters by name (default: all but the word
     embeddings); frozen lower layers also skip their backward pass. The model is left in eval mode.
+    `class_weights` weight each row's cross-entropy by its label (training.adapt: class-balanced);
+    `pull` adds that times the squared distance of the trained parameters from their start.
     """
     pad_id = tokenizer.token_to_id("[PAD]")
     model.train()
     for name, param in model.named_parameters():
         param.requires_grad = trainable(name)
     params = [p for p in model.parameters() if p.requires_grad]
+    start = [p.detach().clone() for p in params] if pull else []
     whole = int(epochs) + (1 if epochs % 1 else 0)
     plan = [batches(examples, tokenizer, batch_size, rng) for _ in range(whole)]
     total = int(sum(len(p) for p in plan) * (epochs / whole))
@@ -151,7 +156,12 @@ def fit(
                 break
             ids, mask = padded(tokenizer.encode_batch([e.text for e in batch]), pad_id)
             out = model(input_ids=ids, attention_mask=mask)
-            loss = batch_loss(out.logits, batch, rating_weight, distill, temperature, raters)
+            loss = batch_loss(
+                out.logits, batch, rating_weight, distill, temperature, raters, class_weights
+            )
+            if pull:
+                moved = zip(params, start, strict=True)
+                loss = loss + pull * sum(((p - s) ** 2).sum() for p, s in moved)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optim.step()
@@ -203,9 +213,11 @@ def batch_loss(
     distill: float = 0.0,
     temperature: float = 1.0,
     raters: float = 0.0,
+    class_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Cross-entropy on the labels plus, for rows with a rating, `rating_weight` times the squared
-    error between P(positive) - P(negative) and the rating (3-class default labels only).
+    """Cross-entropy on the labels (each row weighted by its label's `class_weights`, if given)
+    plus, for rows with a rating, `rating_weight` times the squared error between
+    P(positive) - P(negative) and the rating (3-class default labels only).
 
     Rows carrying their rater panel's class probabilities (`raters`, data.panel_probabilities)
     take, with weight `raters`, the cross-entropy against those probabilities in place of the
@@ -216,7 +228,10 @@ def batch_loss(
     by its square, Hinton et al. 2015); rows without keep the plain cross-entropy."""
     functional = torch.nn.functional
     per_row = functional.cross_entropy(
-        logits, torch.tensor([e.label for e in batch]), reduction="none"
+        logits,
+        torch.tensor([e.label for e in batch]),
+        weight=None if class_weights is None else class_weights.to(logits.dtype),
+        reduction="none",
     )
     panel = [i for i, e in enumerate(batch) if getattr(e, "raters", None) is not None]
     if panel and raters:
