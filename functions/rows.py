@@ -25,6 +25,15 @@ def key(item_id: Any) -> str:
     return json.dumps(item_id, sort_keys=True)
 
 
+def jsonl_lines(text: str) -> Iterator[tuple[int, str]]:
+    """(line number, line) of JSONL text, blank lines left out. Lines end at "\n" only, not at
+    what `str.splitlines` also breaks on (U+2028, U+2029, U+0085, form feed...): JSON allows
+    those unescaped inside a string, so a writer with ensure_ascii=False leaves them in a line."""
+    for lineno, line in enumerate(text.split("\n"), 1):
+        if line.strip():
+            yield lineno, line
+
+
 def read_rows(path: Path, fmt: str, id_field: str, text_field: str) -> Iterator[Row]:
     """(id, text) for each row of a JSONL or CSV/TSV file; a missing id becomes the row number."""
     if fmt == "auto":

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from functions.rows import jsonl_lines
 from functions.sentiment.payload_log import LOGGED_TYPE
 
 
@@ -101,9 +102,7 @@ def _csv(path: Path, raw: str, delimiter: str) -> list[tuple[str | None, str]]:
 def _jsonl(path: Path, raw: str) -> tuple[list[tuple[str | None, str]], int]:
     rows: list[tuple[str | None, str]] = []
     skipped = 0
-    for lineno, line in enumerate(raw.splitlines(), 1):
-        if not line.strip():
-            continue
+    for lineno, line in jsonl_lines(raw):
         where = f"{path}:{lineno}"
         try:
             obj = json.loads(line)

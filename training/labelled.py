@@ -27,6 +27,8 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from functions.rows import jsonl_lines
+
 SENTIMENT = ("negative", "neutral", "positive")
 SENTIMENT_WEIGHTS = {"negative": -1.0, "neutral": 0.0, "positive": 1.0}
 HELD_OUT_FRACTION = 0.2
@@ -90,9 +92,7 @@ def read_labelled(path: Path) -> tuple[list[Row], int]:
 
 def _jsonl(path: Path, text: str, skipped: list[int]) -> list[Row]:
     rows = []
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
+    for lineno, line in jsonl_lines(text):
         try:
             obj = json.loads(line)
         except ValueError as e:
