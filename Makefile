@@ -189,7 +189,7 @@ finetune-demo: $(STAMP) ## make finetune on 1,000 Rotten Tomatoes reviews the de
 # Adaptation (training/adapt.py): the learning curve on a held-out domain, and the JobSink adapt
 # job run by hand on a mounted event (the adapt image runs the same module).
 .PHONY: adapt-curve adapt-job
-adapt-curve: $(STAMP) ## Learning curve of the adaptation recipe on held-out drug reviews: 25-500 labels x 3 seeds -> docs/adapt_curve.json, README (~15 min)
+adapt-curve: $(STAMP) ## Learning curve of the adaptation recipe on held-out drug reviews: 25-500 labels x 3 seeds -> docs/adapt_curve.json, README (~10 min)
 	$(PYTHON) -m training.adapt_curve --out docs/adapt_curve.json
 	$(PYTHON) -m scripts.readme_model --write
 

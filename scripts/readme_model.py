@@ -321,8 +321,8 @@ def adapt_curve_section(docs: Path = DOCS) -> str:
         f"Measured by `make adapt-curve` (docs/adapt_curve.json, {curve['threads']} threads, "
         f"recipe `{curve['recipe']['name']}`). Protocol: {PROTOCOL} "
         "Means over the seeds; the range is the lowest and highest seed. ECE: expected "
-        "calibration error of P(positive) (10 bins of confidence) on the test rows, of the "
-        "adapted head before and after its calibration (for equal priors: see the recipe)."
+        "calibration error of P(positive) on the test rows (10 bins of confidence; for a "
+        "recipe with a calibration step, before and after it)."
     )
     checks = []
     for size, points in ((50, 5), (500, 10)):

@@ -183,7 +183,7 @@ def one_run(
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     run.update(scores(gold, pred, p_pos))
-    if "temperature" in record:  # the same head before its calibration, for ECE and Brier
+    if recipe.calibrate and "temperature" in record:  # the head before its calibration
         run["uncalibrated"] = calibration(gold, uncalibrated(p_pos, record))
     majority = max(BINARY, key=lambda k: (sum(r.label == k for r in train), k))
     run["majority"] = {"label": majority, **scores(gold, [majority] * len(gold))}
@@ -232,7 +232,7 @@ def table(result: dict[str, Any]) -> str:
         else:
             t = f"{s['adapt_seconds']:.0f} ({s['adapt_cpu_seconds']:.0f}) adapting only"
         ece = f"{s['ece']:.3f}" if "ece" in s else "—"
-        if "uncalibrated_ece" in s:
+        if "uncalibrated_ece" in s and result["recipe"].get("calibrate"):
             ece = f"{s['uncalibrated_ece']:.3f} → {ece}"
         lines.append(
             f"| {size} ({s['runs']} seeds) | {s['accuracy']:.3f} | {s['balanced_accuracy']:.3f} "
