@@ -151,3 +151,24 @@ def test_finetune_example_parses_the_adapting_time(tmp_path: Path) -> None:
     wrote = "Wrote x (int8) in 40 s (7 s adapting; 22 CPU-seconds). Serve it"
     (tmp_path / "finetune_demo.txt").write_text("# 2 CPU cores, 2026-12-08\n" + wrote + "\n")
     assert "40 s of wall time (7 s of it adapting) and 22 CPU-seconds" in finetune_section(tmp_path)
+
+
+def test_int8_keeps_the_head_in_fp32(tmp_path: Path) -> None:
+    # The adapted head is fitted on the served int8 graph's pooled vectors (finetune.produce):
+    # the int8 model must feed them to that head unquantized, as it was fitted.
+    import onnx
+
+    from training import export
+
+    export.derive_int8(ROOT / "models" / "minilm-sentiment-fp32", tmp_path / "int8")
+    graph = onnx.load(str(tmp_path / "int8" / "model.onnx")).graph
+    producers = {o: n for n in graph.node for o in n.output}
+    head = producers["logits"]
+    if head.op_type == "Add":  # the quantizer's Gemm -> MatMul + Add rewrite
+        head = producers[head.input[0]]
+    assert head.op_type in ("Gemm", "MatMul"), head.op_type
+    weights = {i.name: i for i in graph.initializer}
+    assert weights[head.input[1]].data_type == onnx.TensorProto.FLOAT
+    # The pooled vector reaches the head as is, not through a DynamicQuantizeLinear.
+    assert producers[head.input[0]].op_type == "Div"
+    assert not any(n.op_type == "MatMulInteger" and "classifier" in n.name for n in graph.node)

@@ -284,10 +284,13 @@ def adapt_to(request: AdaptRequest, settings: AdaptSettings) -> dict[str, Any]:
             version="1.0.0", max_tokens=modeldir.load(base_model).max_tokens,
             source=f"{request.labels}: {len(rows)} labelled rows ({labelled.counts(rows)}), "
             f"{skipped} without a label skipped; held out: {how}", threads=settings.threads,
+            served=base_model,
         )  # fmt: skip
     except QuantizationRefused as e:
         shutil.rmtree(staging, ignore_errors=True)
-        raise Failure("gate_refused", str(e).splitlines()[0]) from None
+        # The refusal's first line and the figures of each set, on one line.
+        message = "; ".join(line.strip() for line in str(e).splitlines())
+        raise Failure("gate_refused", message) from None
     majority = Counter(plan.canonical[r.label] for r in train).most_common(1)[0][0]
     results = finetune.held_out_results(
         {"adapted": work}, base_model, plan, held, majority, settings.threads

@@ -190,6 +190,20 @@ def _optimize(src: Path, dst: Path, model: nn.Module, model_type: str) -> None:
     optimized.save_model_to_file(str(dst))
 
 
+def head_nodes(model: Path, output: str = "logits") -> list[str]:
+    """The names of the nodes that compute the graph output `output` (the classifier head), as
+    the dynamic quantizer will see them."""
+    import onnx
+
+    graph = onnx.load(str(model), load_external_data=False).graph
+    names = [n.name for n in graph.node if output in n.output]
+    if not names:
+        raise ValueError(f"{model}: no node computes {output!r}")
+    # The dynamic quantizer first rewrites a Gemm as NAME_MatMul + NAME_Add and then matches
+    # the exclusions against those names.
+    return [*names, *(f"{n}_MatMul" for n in names)]
+
+
 def derive_int8(src: Path, out: Path) -> modeldir.Manifest:
     """Dynamic int8 quantization of an fp32 model directory (activations quantized at run time)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -204,6 +218,10 @@ def derive_int8(src: Path, out: Path) -> modeldir.Manifest:
         # Per-channel weight scales: < 1 point of accuracy lost, per-tensor lost 1.5.
         per_channel=True,
         reduce_range=False,
+        # The head stays fp32: a few thousand weights, nothing to gain in speed, and quantizing
+        # it (its input, the pooled vector, to 8 bits at run time) moved a head fitted on the
+        # served encoder's pooled vectors (training/adapt.py) off what it was fitted to.
+        nodes_to_exclude=head_nodes(src / manifest.onnx_file),
         # The fused contrib ops (Attention, SkipLayerNorm) defeat shape inference.
         extra_options={"DefaultTensorType": 1},  # onnx.TensorProto.FLOAT
     )
