@@ -14,21 +14,19 @@ the labels and the export stay in the browser. Texts are written with textConten
 labels: the headless Chromium test and the screenshot script read them.
 """
 
-PAGE = """<!doctype html>
+from functions.sentiment.playground_page import BASE_CSS
+
+PAGE = (
+    """<!doctype html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>KubeSentiment labelling</title>
 <style>
-:root { --fg: #1d2430; --muted: #5b6678; --line: #d9dee7; --accent: #2f5fd0; }
-* { box-sizing: border-box; }
-[hidden] { display: none !important; }
-body { margin: 0; font: 15px/1.5 system-ui, -apple-system, "Segoe UI", sans-serif;
-  color: var(--fg); background: #f5f7fa; }
-main { max-width: 920px; margin: 0 auto; padding: 24px 20px 40px; }
-h1 { font-size: 22px; margin: 0 0 4px; }
-p.hint { color: var(--muted); margin: 0 0 14px; }
+"""
+    + BASE_CSS
+    + """p.hint { color: var(--muted); margin: 0 0 14px; }
 #drop { border: 2px dashed var(--line); border-radius: 8px; padding: 14px 16px; background: #fff;
   display: flex; gap: 12px; align-items: center; flex-wrap: wrap; }
 #drop.over { border-color: var(--accent); background: #eef3ff; }
@@ -275,3 +273,4 @@ document.addEventListener("keydown", (ev) => {
 </body>
 </html>
 """
+)

@@ -10,21 +10,27 @@ answer is rendered, `<body data-state>` becomes "done" (or "error"), which the h
 test and the screenshot script wait for.
 """
 
-PAGE = """<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>KubeSentiment playground</title>
-<style>
-:root { --fg: #1d2430; --muted: #5b6678; --line: #d9dee7; --accent: #2f5fd0; }
+# The look the function's pages share (the playground, the labelling page): colours, type, layout.
+BASE_CSS = """:root { --fg: #1d2430; --muted: #5b6678; --line: #d9dee7; --accent: #2f5fd0; }
 * { box-sizing: border-box; }
 [hidden] { display: none !important; }
 body { margin: 0; font: 15px/1.5 system-ui, -apple-system, "Segoe UI", sans-serif;
   color: var(--fg); background: #f5f7fa; }
 main { max-width: 920px; margin: 0 auto; padding: 24px 20px 40px; }
 h1 { font-size: 22px; margin: 0 0 4px; }
-p.hint { color: var(--muted); margin: 0 0 16px; }
+"""
+
+PAGE = (
+    """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>KubeSentiment playground</title>
+<style>
+"""
+    + BASE_CSS
+    + """p.hint { color: var(--muted); margin: 0 0 16px; }
 textarea { width: 100%; min-height: 120px; padding: 10px; font: inherit; border: 1px solid
   var(--line); border-radius: 6px; resize: vertical; background: #fff; }
 .row { display: flex; gap: 12px; align-items: center; margin: 10px 0 18px; flex-wrap: wrap; }
@@ -182,3 +188,4 @@ if (params.get("auto") === "1") analyse();
 </body>
 </html>
 """
+)
