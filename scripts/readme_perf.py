@@ -85,7 +85,7 @@ def _coldstart(cold: Mapping[str, Any]) -> list[str]:
         )
     if box := cold.get("container"):
         lines[0] += (
-            f" The serving image itself ({box['image_mib']:.0f} MiB, `make image`, {box['date']}, "
+            f" The serving image itself ({box['image_mib']:.1f} MiB, `make image`, {box['date']}, "
             f"load average {box['loadavg_at_end']:.1f}, {box['storage_driver']} storage): median "
             f"{box['median_s']:.3f} s from `docker run` to the first 200 from `/predict` over "
             f"{len(box['runs_s'])} runs, of which the function's own start to ready is "
