@@ -96,22 +96,6 @@ class Scorer:
             raise SamplerError(f"{directory}: manifest 'temperature' must be a positive number")
         self.temperature = None if t is None else float(t)
 
-    def embeddings(self, items: Sequence[str]) -> Matrix:
-        """The served graph's pooled vectors (the head's input, not normalized), in order."""
-        c = self.classifier
-        encoded = c.encode(items)
-        order = sorted(range(len(items)), key=lambda i: encoded[i].tokens)
-        out: Matrix | None = None
-        for start in range(0, len(order), BATCH):
-            batch = order[start : start + BATCH]
-            feeds = padded_feeds([encoded[i].windows[0] for i in batch], c.pad_id, self.inputs)
-            (e,) = c.session.run([self.pooled], feeds)
-            if out is None:
-                out = np.zeros((len(items), e.shape[1]), dtype=np.float32)
-            out[batch] = e
-        assert out is not None
-        return out
-
     def score(self, items: Sequence[str]) -> Scored:
         """Guesses, probabilities and embeddings for `items`, batched by length."""
         c = self.classifier

@@ -198,11 +198,6 @@ def fit_calibration(
     return float(log_t.detach().exp()), (bias - bias.mean()).detach()
 
 
-def tunes(recipe: Recipe, rows: int) -> bool:
-    """Whether the recipe fine-tunes the encoder for this many labelled rows."""
-    return bool(recipe.finetune_from and rows >= recipe.finetune_from)
-
-
 def adapt(
     model: MeanPoolingBertForSequenceClassification,
     tokenizer: Tokenizer,
@@ -225,7 +220,7 @@ def adapt(
 
     started, cpu = time.monotonic(), time.process_time()
     record: dict[str, Any] = {"recipe": recipe.record(), "rows": len(texts)}
-    tune = tunes(recipe, len(texts))
+    tune = bool(recipe.finetune_from and len(texts) >= recipe.finetune_from)
     if recipe.head and (recipe.head_first or not tune):
         record.update(
             head_stage(model, tokenizer, texts, labels, recipe, seed, embeddings, max_tokens)

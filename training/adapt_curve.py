@@ -150,16 +150,6 @@ def one_run(
     texts, labels = [r.text for r in train], [BINARY.index(r.label) for r in train]
     frozen = not (recipe.finetune_from and len(train) >= recipe.finetune_from)
     cached = base.embeddings(texts) if fast else None  # the base encoder: head-first stage only
-    if not fast and frozen and recipe.head:
-        # As make finetune and the adapt job do: the head is fitted on the pooled vectors of
-        # the served int8 graph, which the int8 model (the base's int8 encoder, an fp32 head)
-        # will feed it.
-        import torch
-
-        from functions.sampler import Scorer
-        from training.finetune import DEFAULT_MODEL
-
-        cached = torch.from_numpy(Scorer(DEFAULT_MODEL).embeddings(texts)).double()
     record = adapt(model, base.tokenizer, texts, labels, recipe, seed, embeddings=cached)
     gold = [r.label for r in evaluation]
     eval_texts = [r.text for r in evaluation]

@@ -284,7 +284,6 @@ def adapt_to(request: AdaptRequest, settings: AdaptSettings) -> dict[str, Any]:
             version="1.0.0", max_tokens=modeldir.load(base_model).max_tokens,
             source=f"{request.labels}: {len(rows)} labelled rows ({labelled.counts(rows)}), "
             f"{skipped} without a label skipped; held out: {how}", threads=settings.threads,
-            served=base_model,
         )  # fmt: skip
     except QuantizationRefused as e:
         shutil.rmtree(staging, ignore_errors=True)

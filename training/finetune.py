@@ -50,15 +50,6 @@ def checkpoint_dir(base: Path) -> Path:
     )
 
 
-def served_dir(base: Path) -> Path | None:
-    """The served int8 directory of `--base`: BASE itself when it is one (the OUT of an earlier
-    run), the default int8 model for the default checkpoint, else None (the head is then fitted
-    on the checkpoint's fp32 vectors)."""
-    if (base / "manifest.json").is_file() and (base / "model.onnx").is_file():
-        return base
-    return DEFAULT_MODEL if base.resolve() == DEFAULT_CHECKPOINT.resolve() else None
-
-
 def metrics(gold: list[str], pred: list[str], labels: tuple[str, ...]) -> dict[str, Any]:
     """Accuracy, balanced accuracy and macro-F1 over the labels present in `gold`, each label's
     recall, and the confusion matrix."""
@@ -218,19 +209,15 @@ def produce(
     max_tokens: int,
     source: str,
     threads: int = 0,
-    served: Path | None = None,
 ) -> dict[str, Any]:
     """Adapt the base checkpoint to the `train` rows (training.adapt), then write the checkpoint
     (OUT-checkpoint), the fp32 model (OUT-fp32) and the int8 model (OUT), refused by the
-    quantization gate on `gate` (set name, texts, labels); returns the adaptation record.
-    `served`: the base's served int8 directory; when the recipe keeps the encoder (head only),
-    the head is fitted on that graph's pooled vectors, the ones the int8 model will feed it
-    (its encoder is the base's int8 encoder and its head stays fp32, export.derive_int8)."""
+    quantization gate on `gate` (set name, texts, labels); returns the adaptation record."""
     import torch
 
     from shared import modeldir
     from training import export, quantgate
-    from training.adapt import adapt, tunes
+    from training.adapt import adapt
     from training.modeling import load_trained, save_trained, with_labels
     from training.train import training_tokenizer
 
@@ -240,16 +227,10 @@ def produce(
     model = with_labels(load_trained(base, encoder), plan.labels)
     tokenizer = training_tokenizer(encoder / "tokenizer.json", recipe.train_max_tokens)
     texts, labels = [r.text for r in train], [plan.index(r.label) for r in train]
-    embeddings = None
-    if served is not None and recipe.head and not tunes(recipe, len(texts)):
-        from functions.sampler import Scorer
-
-        embeddings = torch.from_numpy(Scorer(served, threads).embeddings(texts)).double()
     record = adapt(
-        model, tokenizer, texts, labels, recipe, seed, embeddings, max_tokens=max_tokens,
+        model, tokenizer, texts, labels, recipe, seed, max_tokens=max_tokens,
         progress=progress_bar(),
     )  # fmt: skip
-    record["head_fitted_on"] = "served int8 pooled vectors" if embeddings is not None else "fp32"
     record.update(base=base.name, seed=seed, train_rows=len(train), held_out_rows=len(gate[1]))
     save_trained(model, ckpt_dir)
     (ckpt_dir / "training.json").write_text(json.dumps(record, indent=2) + "\n")
@@ -327,7 +308,6 @@ def run(args: argparse.Namespace) -> None:
         gate=("held_out_fifth", [r.text for r in held], gold), out=out, recipe=recipe,
         seed=args.seed, name=args.name or out.name, version=args.version,
         max_tokens=args.max_tokens, source=source, threads=args.threads,
-        served=served_dir(args.base),
     )  # fmt: skip
     majority = Counter(plan.canonical[r.label] for r in train).most_common(1)[0][0]
     results = held_out_results(
