@@ -199,6 +199,19 @@ adapt-job: $(STAMP) ## Run the adapt job once: make adapt-job EVENT=event.json D
 	JOBSINK_EVENT_PATH="$(EVENT)" ADAPT_DATA_ROOT="$(DATA_ROOT)" K_SINK="$(K_SINK)" \
 	  $(PYTHON) -m training.adaptjob
 
+# The whole loop on this machine (scripts/adapt_demo.py): serve, log, sample, label from the
+# reviews' own ratings, adapt, publish to a local registry, serve from it, score before/after.
+.PHONY: adapt-demo adapt-loop-picture
+adapt-demo: $(STAMP) tools ## The adaptation loop end to end on held-out drug reviews -> docs/adapt_demo.txt, README (~1 min)
+	echo "# $$(nproc) CPU cores, $$(date -u +%F)" > docs/adapt_demo.txt
+	$(PYTHON) -m scripts.adapt_demo --labels 300 | tee -a docs/adapt_demo.txt
+	$(PYTHON) -m scripts.adapt_demo --readme
+
+adapt-loop-picture: ## docs/adapt_loop.png from docs/adapt_loop.dot (Graphviz `dot`, Debian's graphviz)
+	command -v dot >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	  apt-get install -y -qq --no-install-recommends graphviz >/dev/null; }
+	dot -Tpng -Gdpi=110 docs/adapt_loop.dot -o docs/adapt_loop.png
+
 coldstart: $(STAMP) ## Cold start (spawn to first /predict), peak RSS and where the time goes -> docs/coldstart.json
 	$(PYTHON) -m benchmarks.coldstart --runs 5 $(DEFAULT_MODEL) --out docs/coldstart.json
 	$(PYTHON) -m scripts.readme_perf --write
