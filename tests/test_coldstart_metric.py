@@ -59,7 +59,7 @@ def test_each_start_step_has_its_phase() -> None:
     async def start_sink(state: object) -> None:
         pass
 
-    assert phase_of(SecretsHook.__new__(SecretsHook)) == "secrets"  # type: ignore[arg-type]
+    assert phase_of(SecretsHook.__new__(SecretsHook)) == "secrets"
     assert phase_of(fetch_model) == "model_pull"
     assert phase_of(load_model) == "other"  # it marks model_load and warmup itself
     assert phase_of(start_sink) == "other"
@@ -121,10 +121,11 @@ def test_cold_start_and_its_phases_by_revision_from_a_real_process(
 
 
 def phase_panel() -> dict[str, Any]:
+    panels: list[dict[str, Any]] = dashboard()["panels"]
     [panel] = [
         p
-        for p in dashboard()["panels"]
-        if "kubesentiment_cold_start_phase_seconds" in json.dumps(p.get("targets", []))
+        for p in panels
+        if "kubesentiment_cold_start_phase_seconds" in json.dumps(p.get("targets"))
     ]
     return panel
 
