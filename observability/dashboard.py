@@ -357,10 +357,36 @@ ROWS: tuple[tuple[str, tuple[Panel, ...]], ...] = (
         (
             Panel(
                 "Cold start (process start to ready), per pod",
-                (q(f"kubesentiment_cold_start_seconds{{{V}}}", "{{variant}} {{pod}}"),),
+                (
+                    q(
+                        f"kubesentiment_cold_start_seconds{{{V}}}",
+                        "{{variant}} {{revision}} {{pod}}",
+                    ),
+                ),
                 unit="s",
                 description="Knative emits no cold-start metric of its own; "
                 "this is the function's.",
+            ),
+            Panel(
+                "Cold start by revision and phase (slowest pod in the time range)",
+                (
+                    q(
+                        "max by (variant, revision, phase) (max_over_time("
+                        f"kubesentiment_cold_start_phase_seconds{{{V}}}[$__range])) "
+                        "or label_replace(max by (variant, revision) (max_over_time("
+                        f"kubesentiment_cold_start_seconds{{{V}}}[$__range])), "
+                        '"phase", "total", "", "")'
+                    ),
+                ),
+                unit="s",
+                kind="table",
+                width=16,
+                description="Where each revision's cold start goes: imports (interpreter and web "
+                "stack), model_pull (oci:// MODEL_URI), model_load (what the load adds after the "
+                "imports it overlaps), warmup, secrets (Vault), other; the phases of one pod add "
+                "up to its total. Revision is K_REVISION; pods that scaled to zero still count "
+                "within the dashboard's time range.",
+                options={"format": "table", "instant": True},
             ),
             Panel(
                 "Model load, per pod",

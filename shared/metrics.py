@@ -57,6 +57,7 @@ class Metrics:
     prediction_score_offset: Counter
     prediction_confidence: Histogram
     cold_start: Gauge
+    cold_start_phase: Gauge
     model_load: Gauge
     model_ready: Gauge
     model_info: Gauge
@@ -220,8 +221,16 @@ class Metrics:
             ),
             cold_start=Gauge(
                 f"{p}_cold_start_seconds",
-                "Seconds from process start to ready (model loaded and warmed up).",
-                ["variant"],
+                "Seconds from process start to ready (model loaded and warmed up), by revision "
+                "(K_REVISION, else local).",
+                ["variant", "revision"],
+                registry=registry,
+            ),
+            cold_start_phase=Gauge(
+                f"{p}_cold_start_phase_seconds",
+                "Seconds of the cold start spent in each phase (imports, model_pull, model_load, "
+                "warmup, secrets, other): consecutive, they add up to cold_start_seconds.",
+                ["phase", "variant", "revision"],
                 registry=registry,
             ),
             model_load=Gauge(

@@ -25,6 +25,7 @@ class SecretsHook:
     """A start hook that resolves secrets and fills the API keys; `close` stops token renewal."""
 
     step = "reading secrets from Vault"  # what readiness says while this hook runs
+    phase = "secrets"  # where its time goes in the cold start (functions/sentiment/coldstart.py)
 
     def __init__(
         self,

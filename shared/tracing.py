@@ -12,16 +12,26 @@ response. Without an endpoint none of this runs and the SDK is never imported: t
 
 For CloudEvents, the distributed-tracing extension carries the event's `traceparent` (binary
 mode: the `ce-traceparent` header; structured mode: an attribute); `extract_event_context`
-turns it into a parent context for the span that handles the event.
+turns it into a parent context for the span that handles the event, and `inject_event_context`
+writes the current span's context into an event this function sends (the reply, a payload log
+event), so its consumer continues the same trace.
+
+Calls out of the function get client spans when tracing is on: with K_SINK or PAYLOAD_LOG_SINK
+set, `setup` instruments httpx (the deliveries, one span per attempt, each parented by the
+delivered event's own trace context and sending it on as the HTTP `traceparent`); Vault calls open
+their own client spans through the API (`client_span`, shared/vault.py). Without an endpoint
+the httpx instrumentation is never imported.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from opentelemetry import trace
 from opentelemetry.context import Context
@@ -45,6 +55,7 @@ DEFAULT_EXCLUDED = (
     "/health/liveness$,/health/readiness$,/v2/health/live$,/v2/health/ready$,/metrics$"
 )
 _W3C = TraceContextTextMapPropagator()
+_TRACER = trace.get_tracer("kubesentiment")
 
 
 def service_name(settings: Settings) -> str:
@@ -73,7 +84,19 @@ def setup(settings: Settings, *, exporter: SpanExporter | None = None) -> Tracer
     provider = TracerProvider(resource=Resource.create(attributes))
     provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
+    if settings.k_sink or settings.payload_log_sink:  # the only httpx clients of the function
+        instrument_clients(provider)
     return provider
+
+
+def instrument_clients(provider: TracerProvider) -> None:
+    """Client spans for every httpx request of this process (the K_SINK and PAYLOAD_LOG_SINK
+    senders), with the W3C `traceparent` of each span sent along; once per process."""
+    from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+
+    instrumentor = HTTPXClientInstrumentor()
+    if not instrumentor.is_instrumented_by_opentelemetry:
+        instrumentor.instrument(tracer_provider=provider)
 
 
 def instrument(
@@ -172,3 +195,44 @@ def extract_event_context(attributes: Mapping[str, Any]) -> Context | None:
     if not trace.get_current_span(ctx).get_span_context().is_valid:
         return None
     return ctx
+
+
+def inject_event_context(attributes: dict[str, Any]) -> None:
+    """Write the current span's context into a CloudEvent's attributes (`traceparent`, and
+    `tracestate` when there is one); nothing when no span is recording (tracing off)."""
+    carrier: dict[str, str] = {}
+    _W3C.inject(carrier)
+    for key in ("traceparent", "tracestate"):
+        if key in carrier:
+            attributes[key] = carrier[key]
+
+
+@contextlib.contextmanager
+def client_span(
+    name: str,
+    url: str | None,
+    attributes: Mapping[str, str],
+    scrub: Callable[[str], str],
+    *,
+    tracer: trace.Tracer = _TRACER,
+) -> Iterator[None]:
+    """A client span around one call that no instrumentation covers (hvac's calls to Vault),
+    naming the server of `url`; a no-op with tracing off. A failure sets the error status with
+    `scrub(error text)` instead of the SDK's exception event: an error may quote what was sent."""
+    server = urlsplit(url or "")
+    address: dict[str, str | int] = {"server.address": server.hostname or ""}
+    if server.port is not None:
+        address["server.port"] = server.port
+    with tracer.start_as_current_span(
+        name,
+        kind=trace.SpanKind.CLIENT,
+        attributes={**address, **attributes},
+        record_exception=False,
+        set_status_on_exception=False,
+    ) as span:
+        try:
+            yield
+        except Exception as e:
+            span.set_attribute("error.type", type(e).__name__)
+            span.set_status(trace.StatusCode.ERROR, f"{type(e).__name__}: {scrub(str(e))}")
+            raise

@@ -9,7 +9,8 @@ token's max TTL). Every failure is counted in `kubesentiment_secret_failures_tot
 logged with its reason, never with a secret value.
 
 hvac is imported only when a client is built, so a function without VAULT_ADDR never pays for it.
-The client factory is injected: tests pass a small fake satisfying `HvacClient`.
+The client factory is injected: tests pass a small fake satisfying `HvacClient`. Each call to
+Vault is a client span: `vault login`, `vault read` or `vault renew` (tracing.client_span).
 """
 
 from __future__ import annotations
@@ -19,10 +20,14 @@ import contextlib
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from shared.config import FIELDS, Secret, Settings
+from shared.hvac_client import ClientFactory as ClientFactory  # re-exported for shared.secrets
+from shared.hvac_client import HvacClient
+from shared.hvac_client import hvac_client as hvac_client
 from shared.metrics import Metrics
+from shared.tracing import client_span
 
 log = logging.getLogger("kubesentiment.vault")
 
@@ -39,76 +44,6 @@ class SecretError(RuntimeError):
     def __init__(self, message: str, *, step: str = "") -> None:
         super().__init__(message)
         self.step = step
-
-
-# The slice of hvac's client this module uses (hvac 2.x). `auth` and `secrets` are nested
-# namespaces in hvac, so the Protocol mirrors them.
-class _KubernetesAuth(Protocol):
-    def login(self, role: str, jwt: str, *, mount_point: str) -> Mapping[str, Any]: ...
-
-
-class _AppRoleAuth(Protocol):
-    def login(
-        self, role_id: str, secret_id: str | None, *, mount_point: str
-    ) -> Mapping[str, Any]: ...
-
-
-class _TokenAuth(Protocol):
-    def lookup_self(self) -> Mapping[str, Any]: ...
-
-    def renew_self(self) -> Mapping[str, Any]: ...
-
-
-class _Auth(Protocol):
-    @property
-    def kubernetes(self) -> _KubernetesAuth: ...
-
-    @property
-    def approle(self) -> _AppRoleAuth: ...
-
-    @property
-    def token(self) -> _TokenAuth: ...
-
-
-class _KvV2(Protocol):
-    def read_secret_version(
-        self, path: str, *, mount_point: str, raise_on_deleted_version: bool
-    ) -> Mapping[str, Any]: ...
-
-
-class _Kv(Protocol):
-    @property
-    def v2(self) -> _KvV2: ...
-
-
-class _Secrets(Protocol):
-    @property
-    def kv(self) -> _Kv: ...
-
-
-class HvacClient(Protocol):
-    """What `hvac.Client` offers that this module calls; a test fake implements the same."""
-
-    token: str | None
-
-    @property
-    def auth(self) -> _Auth: ...
-
-    @property
-    def secrets(self) -> _Secrets: ...
-
-
-ClientFactory = Callable[[str, float], HvacClient]
-
-
-def hvac_client(url: str, timeout: float) -> HvacClient:
-    """A real hvac client for `url` (imported here so cold start without Vault skips hvac)."""
-    import hvac
-
-    # The address comes from settings only; no request can change it. token="" stops hvac from
-    # picking up VAULT_TOKEN or ~/.vault-token behind our back: login sets the token explicitly.
-    client: HvacClient = hvac.Client(url=url, token="", timeout=timeout)
-    return client
 
 
 @dataclass(frozen=True)
@@ -208,6 +143,9 @@ class SecretStore:
         )
         return reason
 
+    def _span(self, name: str, attrs: dict[str, str]) -> contextlib.AbstractContextManager[None]:
+        return client_span(f"vault {name}", self.settings.vault_addr, attrs, self._scrub)
+
     def _scrub(self, text: str) -> str:
         known = [*self.values.values(), *(s.get() for s in self.settings.secrets().values())]
         if self._client is not None and self._client.token:
@@ -222,21 +160,23 @@ class SecretStore:
             client = self._client or self.client_factory(s.vault_addr, s.vault_timeout_s)
             if method == "token":
                 client.token = _secret(s.vault_token)
-                data = client.auth.token.lookup_self()["data"]
+                with self._span("login", {"vault.auth_method": method}):
+                    data = client.auth.token.lookup_self()["data"]
                 ttl, renewable = int(data.get("ttl") or 0), bool(data.get("renewable"))
             else:
-                if method == "kubernetes":
-                    # kubelet rotates the projected token: read it afresh at every login.
-                    jwt = s.vault_k8s_token_path.read_text().strip()
-                    resp = client.auth.kubernetes.login(
-                        s.vault_role, jwt, mount_point=s.vault_k8s_mount
-                    )
-                else:
-                    resp = client.auth.approle.login(
-                        s.vault_role_id,
-                        _secret(s.vault_secret_id) or None,
-                        mount_point=s.vault_approle_mount,
-                    )
+                with self._span("login", {"vault.auth_method": method}):
+                    if method == "kubernetes":
+                        # kubelet rotates the projected token: read it afresh at every login.
+                        jwt = s.vault_k8s_token_path.read_text().strip()
+                        resp = client.auth.kubernetes.login(
+                            s.vault_role, jwt, mount_point=s.vault_k8s_mount
+                        )
+                    else:
+                        resp = client.auth.approle.login(
+                            s.vault_role_id,
+                            _secret(s.vault_secret_id) or None,
+                            mount_point=s.vault_approle_mount,
+                        )
                 auth = resp["auth"]
                 client.token = auth["client_token"]
                 ttl, renewable = int(auth.get("lease_duration") or 0), bool(auth.get("renewable"))
@@ -259,9 +199,10 @@ class SecretStore:
             env = _env_name(name)
             try:
                 if (ref.mount, ref.path) not in cache:
-                    resp = self._client.secrets.kv.v2.read_secret_version(
-                        ref.path, mount_point=ref.mount, raise_on_deleted_version=True
-                    )
+                    with self._span("read", {"vault.mount": ref.mount, "vault.path": ref.path}):
+                        resp = self._client.secrets.kv.v2.read_secret_version(
+                            ref.path, mount_point=ref.mount, raise_on_deleted_version=True
+                        )
                     cache[(ref.mount, ref.path)] = resp["data"]["data"]
                 data = cache[(ref.mount, ref.path)]
                 if ref.key not in data:
@@ -280,7 +221,8 @@ class SecretStore:
     def _renew(self) -> None:
         assert self._client is not None
         try:
-            resp = self._client.auth.token.renew_self()
+            with self._span("renew", {}):
+                resp = self._client.auth.token.renew_self()
         except Exception as e:
             self._fail("renew", "token renewal", e)
             raise

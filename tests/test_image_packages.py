@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from loadtests import local
+from tests.receiver import Receiver
 
 ROOT = Path(__file__).resolve().parent.parent
 LEAVE_OUT = ROOT / "requirements" / "image-leave-out.txt"
@@ -70,13 +71,16 @@ def test_every_pruned_subpackage_exists() -> None:
 @pytest.mark.integration
 def test_function_serves_with_the_left_out_packages_blocked(tmp_path: Path) -> None:
     blocked = sorted(set().union(*top_level_modules(left_out()).values(), pruned_modules()))
+    sink = Receiver().start()
     function = local.launch(
         {
             "HOST": local.LOOPBACK,
             "MODEL_DIR": str(ROOT / "models" / "minilm-sentiment-int8"),
             "KUBESENTIMENT_BLOCKED_MODULES": ",".join(blocked),
-            # The optional paths that import more: tracing (OTLP exporter, instrumentation).
+            # The optional paths that import more: tracing (OTLP exporter, instrumentation, and
+            # with a sink the httpx client instrumentation) and the K_SINK sender.
             "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://{local.LOOPBACK}:9",
+            "K_SINK": sink.url,
         },
         log_path=tmp_path / "function.log",
         module="tests.without_modules",
@@ -100,7 +104,9 @@ def test_function_serves_with_the_left_out_packages_blocked(tmp_path: Path) -> N
                 headers={"content-type": "application/cloudevents+json"},
             )  # fmt: skip
             assert r.status_code in (200, 202), r.text
+            assert sink.wait_for(1, deadline_s=20.0), "the result event never reached K_SINK"
     finally:
         local.stop(function)
+        sink.stop()
     log = (tmp_path / "function.log").read_text(errors="replace")
     assert "blocked" not in log, log

@@ -90,7 +90,12 @@ PROMQL_WORDS = frozenset(
     {"and", "or", "unless", "by", "without", "on", "ignoring", "group_left", "group_right",
      "offset", "bool", "inf", "nan", "atan2"}
 )  # fmt: skip
-GRAFANA_VARS = {"$variant": ".*", "$knative_service": ".*", "$__rate_interval": "1m"}
+GRAFANA_VARS = {
+    "$variant": ".*",
+    "$knative_service": ".*",
+    "$__rate_interval": "1m",
+    "$__range": "5m",
+}
 
 
 # --- PromQL and dashboard parsing ------------------------------------------------------------

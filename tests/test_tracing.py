@@ -33,6 +33,8 @@ from functions.sentiment.app import create_app
 from shared import tracing
 from shared.config import Settings
 from tests.conftest import ROOT, LiveServer, free_port, wait_ready
+from tests.openbao import OpenBao
+from tests.receiver import Receiver
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_ID = "00f067aa0ba902b7"
@@ -171,6 +173,124 @@ def test_spans_arrive_over_otlp_with_parent_links(
     assert not [s for s in receiver.spans if "health" in s.name]
 
 
+SPAN_CLIENT = 3  # SPAN_KIND_CLIENT in OTLP
+
+
+def client_spans_to(spans: list[ReceivedSpan], port: int) -> list[ReceivedSpan]:
+    """The httpx client spans of requests to 127.0.0.1:`port`."""
+    return [
+        s
+        for s in spans
+        if s.kind == SPAN_CLIENT
+        and f"127.0.0.1:{port}/" in str(s.attributes.get("http.url", s.attributes.get("url.full")))
+    ]
+
+
+@pytest.mark.integration
+def test_one_trace_from_a_cloudevent_through_the_k_sink_delivery(
+    receiver: OtlpReceiver, live_server: Callable[..., LiveServer], openbao: OpenBao
+) -> None:
+    # Issue 28 item 4: a CloudEvent POSTed with a traceparent; the reply goes back and to K_SINK
+    # (a real HTTP server), the request is payload-logged to another, the API key comes from a
+    # real OpenBao: every call out of the function is a client span, the two deliveries in the
+    # request's trace.
+    openbao.put("kubesentiment/traced", {"keys": "trace-key"})
+    sink, payload_sink = Receiver().start(), Receiver().start()
+    try:
+        server = live_server(
+            {
+                "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver.port}",
+                "OTEL_SERVICE_NAME": "kubesentiment-test",
+                "OTEL_BSP_SCHEDULE_DELAY": "50",
+                "K_SINK": sink.url,
+                "PAYLOAD_LOG_SAMPLE": "1",
+                "PAYLOAD_LOG_SINK": payload_sink.url,
+                "VAULT_ADDR": openbao.url,
+                "VAULT_AUTH_METHOD": "token",
+                "VAULT_TOKEN": openbao.token(),
+                "API_KEYS": "vault:secret/kubesentiment/traced#keys",
+            }
+        )
+        r = httpx.post(
+            f"{server.url}/",
+            json={"texts": ["The service was wonderful."]},
+            headers={
+                "traceparent": TRACEPARENT,
+                "x-api-key": "trace-key",
+                "ce-specversion": "1.0",
+                "ce-id": "traced-1",
+                "ce-source": "/tests/tracing",
+                "ce-type": "dev.kubesentiment.sentiment.requested",
+                "content-type": "application/json",
+            },
+            timeout=10,
+        )
+        assert r.status_code == 200, r.text
+        [delivered] = sink.wait_for(1, deadline_s=20.0)
+        [logged] = payload_sink.wait_for(1, deadline_s=20.0)
+
+        def complete(spans: list[ReceivedSpan]) -> bool:
+            ours = [s for s in spans if s.trace_id == TRACE_ID]
+            names = {s.name for s in ours}
+            return (
+                {"POST /", "tokenize", "inference"} <= names
+                and any(n.startswith("process ") for n in names)
+                and len(client_spans_to(ours, sink.port)) == 1
+                and len(client_spans_to(ours, payload_sink.port)) == 1
+                and {"vault login", "vault read"} <= {s.name for s in spans}
+            )
+
+        spans = receiver.wait_for(complete)
+    finally:
+        sink.stop()
+        payload_sink.stop()
+    ours = [s for s in spans if s.trace_id == TRACE_ID]
+    by_name = {s.name: s for s in ours}
+    server_span = by_name["POST /"]
+    assert server_span.parent_id == PARENT_ID  # the incoming request's traceparent
+    [process] = [s for s in ours if s.name == "process dev.kubesentiment.sentiment.requested"]
+    assert process.parent_id == server_span.span_id
+    for model_span in ("tokenize", "batch_queue_wait", "inference"):
+        assert by_name[model_span].parent_id == process.span_id, model_span
+
+    # The reply continues the trace from the span that computed it ...
+    assert r.headers["ce-traceparent"] == f"00-{TRACE_ID}-{process.span_id}-01"
+    # ... and its K_SINK delivery is a client span under that span, sending the same event
+    # (ce-traceparent) and the client span's own context (traceparent) to the sink.
+    [delivery] = client_spans_to(ours, sink.port)
+    assert delivery.parent_id == process.span_id
+    assert delivery.service == "kubesentiment-test"
+    assert (
+        delivery.attributes.get(
+            "http.status_code", delivery.attributes.get("http.response.status_code")
+        )
+        == 202
+    )
+    assert delivered.headers["ce-traceparent"] == r.headers["ce-traceparent"]
+    assert delivered.headers["traceparent"] == f"00-{TRACE_ID}-{delivery.span_id}-01"
+    assert delivered.headers["ce-id"] == r.headers["ce-id"]
+
+    # The payload log event carries the request's server span; its delivery hangs under it.
+    [log_delivery] = client_spans_to(ours, payload_sink.port)
+    assert log_delivery.parent_id == server_span.span_id
+    assert logged.headers["ce-traceparent"] == f"00-{TRACE_ID}-{server_span.span_id}-01"
+    assert logged.headers["traceparent"] == f"00-{TRACE_ID}-{log_delivery.span_id}-01"
+
+    # Vault calls at start-up: client spans naming the call and the path, never a value.
+    vault = [s for s in spans if s.name.startswith("vault ")]
+    login = next(s for s in vault if s.name == "vault login")
+    read = next(s for s in vault if s.name == "vault read")
+    assert login.kind == read.kind == SPAN_CLIENT
+    assert login.attributes["vault.auth_method"] == "token"
+    assert (read.attributes["vault.mount"], read.attributes["vault.path"]) == (
+        "secret",
+        "kubesentiment/traced",
+    )
+    assert read.attributes["server.port"] == int(openbao.url.rsplit(":", 1)[1])
+    for s in vault:
+        assert "trace-key" not in repr(s.attributes)
+
+
 @pytest.fixture
 def memory_traced(settings: Settings) -> Iterator[tuple[TestClient, InMemorySpanExporter]]:
     """An in-process app instrumented with a local provider (the global one stays unset)."""
@@ -247,6 +367,38 @@ def test_extract_event_context_rejects(attributes: dict[str, Any]) -> None:
     assert tracing.extract_event_context(attributes) is None
 
 
+def test_client_span_names_the_server_and_scrubs_a_failure() -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("test")
+    attrs = {"vault.path": "kubesentiment/api"}
+
+    def scrub(text: str) -> str:
+        return text.replace("s3cret", "***")
+
+    with tracing.client_span("vault read", "http://127.0.0.1:8200", attrs, scrub, tracer=tracer):
+        pass
+    with (
+        pytest.raises(PermissionError),
+        tracing.client_span("vault login", "https://vault.example", {}, scrub, tracer=tracer),
+    ):
+        raise PermissionError("denied for token s3cret")
+    ok, failed = exporter.get_finished_spans()
+    assert ok.kind == failed.kind == trace.SpanKind.CLIENT
+    assert dict(ok.attributes or {}) == {
+        "server.address": "127.0.0.1",
+        "server.port": 8200,
+        "vault.path": "kubesentiment/api",
+    }
+    assert ok.status.status_code == trace.StatusCode.UNSET
+    assert failed.status.status_code == trace.StatusCode.ERROR
+    assert failed.status.description == "PermissionError: denied for token ***"
+    assert (failed.attributes or {})["error.type"] == "PermissionError"
+    assert "server.port" not in (failed.attributes or {})
+    assert not failed.events  # no exception event carrying the unscrubbed text
+
+
 def test_service_name_fallbacks() -> None:
     assert tracing.service_name(Settings(service_name="a", k_service="b")) == "a"
     assert tracing.service_name(Settings(k_service="b")) == "b"
@@ -264,8 +416,16 @@ def test_without_endpoint_nothing_heavy_is_imported_and_nothing_warns() -> None:
         "s = Settings.from_env({})\n"
         "assert tracing.setup(s) is None\n"
         "create_app(s)\n"
+        # The K_SINK / payload log sender (httpx) and the Vault client module are loaded too:
+        # their client spans go through the API only, no instrumentation package is imported.
+        "from prometheus_client import CollectorRegistry\n"
+        "from shared.metrics import Metrics\n"
+        "from shared import vault\n"
+        "from functions.sentiment.sink import EventSink\n"
+        "EventSink('http://127.0.0.1:9/', Metrics.create(CollectorRegistry()), 'v')\n"
+        "assert 'httpx' in sys.modules\n"
         "heavy = [m for m in sys.modules if m.startswith(('opentelemetry.sdk', "
-        "'opentelemetry.exporter', 'opentelemetry.instrumentation', 'hvac'))]\n"
+        "'opentelemetry.exporter', 'opentelemetry.instrumentation', 'hvac', 'requests'))]\n"
         "assert not heavy, heavy\n"
         "from opentelemetry import trace\n"
         "assert type(trace.get_tracer_provider()).__name__ == 'ProxyTracerProvider'\n"

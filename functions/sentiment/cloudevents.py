@@ -37,7 +37,7 @@ from cloudevents.core.bindings import http as ce_http
 from cloudevents.core.exceptions import BaseCloudEventException
 from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent
-from opentelemetry import propagate, trace
+from opentelemetry import trace
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
@@ -68,7 +68,7 @@ from functions.sentiment.schemas import (
 from functions.sentiment.sink import EventSink, Send
 from shared.errors import ApiError, DeadlineExceeded, InvalidEvent, UnsupportedEventType
 from shared.eventid import derived_id
-from shared.tracing import extract_event_context
+from shared.tracing import extract_event_context, inject_event_context
 
 if TYPE_CHECKING:  # the model module imports ONNX Runtime: the preload thread does that
     from functions.sentiment.model import Prediction
@@ -337,12 +337,9 @@ async def _traced_answer(state: AppState, request: Checked) -> CloudEvent:
         },
     ):
         reply = await answer_checked(state, request)
-        # The reply continues the trace: its traceparent is this span's context.
-        carrier: dict[str, str] = {}
-        propagate.inject(carrier)
-        for key in ("traceparent", "tracestate"):
-            if key in carrier:
-                reply.get_attributes()[key] = carrier[key]
+        # The reply continues the trace: its traceparent is this span's context (the K_SINK
+        # delivery of the reply is parented by it too).
+        inject_event_context(reply.get_attributes())
     return reply
 
 

@@ -29,7 +29,7 @@ from concurrent.futures import Future
 
 from starlette.concurrency import run_in_threadpool
 
-from functions.sentiment import dedup, preload
+from functions.sentiment import coldstart, dedup, preload
 from functions.sentiment.batching import Batcher
 from functions.sentiment.core import AppState
 from functions.sentiment.lanes import LANE_NAMES
@@ -51,6 +51,7 @@ STEPS = {
     "load_model": "loading the model",
     "start_sink": "starting the K_SINK sender",
 }
+PHASES_KEY = "cold_start_phases"  # state.extras: the cold start's phases (coldstart.Phases)
 
 
 async def fetch_model(state: AppState) -> None:
@@ -86,11 +87,16 @@ async def load_model(state: AppState) -> None:
         preloaded = preload.start(s, state.extras.get("model_dir"))
     classifier, seconds = await asyncio.wrap_future(preloaded)
     m.model_load.labels(s.variant).set(seconds)
+    phases: coldstart.Phases | None = state.extras.get(PHASES_KEY)
+    if phases is not None:
+        phases.mark("model_load")
     if s.warmup:
         # The first session.run allocates buffers and picks kernels, and the first trip to the
         # request thread pool starts its threads: pay both before traffic.
         await asyncio.to_thread(classifier.predict, ["warm-up text for the model."] * 2)
         await run_in_threadpool(classifier.encode, ["warm-up"])
+        if phases is not None:
+            phases.mark("warmup")
 
     def on_run(stats: RunStats) -> None:
         m.batch_size.labels(s.variant).observe(stats.size)
@@ -125,6 +131,15 @@ async def load_model(state: AppState) -> None:
 def retry_delay(attempt: int) -> float:
     """Seconds before retrying a failed start-up step after its attempt number `attempt`."""
     return float(min(RETRY_CAP_S, RETRY_BASE_S * 2.0 ** (attempt - 1)))
+
+
+def phase_of(hook: StartHook) -> str:
+    """The cold-start phase a start hook's time goes to: its `phase` attribute, `model_pull` for
+    fetch_model, else `other` (load_model marks its own model_load and warmup first)."""
+    phase = getattr(hook, "phase", None)
+    if isinstance(phase, str):
+        return phase
+    return "model_pull" if getattr(hook, "__name__", "") == "fetch_model" else "other"
 
 
 def step_of(hook: StartHook) -> str:
@@ -168,10 +183,13 @@ async def startup(state: AppState, hooks: list[StartHook], *, sleep: Sleep = asy
     """Run the start hooks in order within STARTUP_TIMEOUT_SECONDS; ready when all succeeded,
     not live when the deadline passed first."""
     s = state.settings
+    phases = state.extras[PHASES_KEY] = coldstart.Phases(state.started_at)
+    phases.mark("imports")
     try:
         async with asyncio.timeout(s.startup_timeout_s):
             for hook in hooks:
                 await _run_step(state, hook, sleep)
+                phases.mark(phase_of(hook))
     except TimeoutError:
         state.live = False
         state.not_ready_reason = (
@@ -184,10 +202,21 @@ async def startup(state: AppState, hooks: list[StartHook], *, sleep: Sleep = asy
         return
     state.ready = True
     state.metrics.model_ready.labels(s.variant).set(1)
-    cold = time.time() - state.started_at
-    state.metrics.cold_start.labels(s.variant).set(cold)
+    phases.mark("other")
+    cold, revision = phases.total, coldstart.revision(s.k_revision)
+    state.metrics.cold_start.labels(s.variant, revision).set(cold)
+    for phase, seconds in phases.seconds.items():
+        state.metrics.cold_start_phase.labels(phase, s.variant, revision).set(seconds)
     model = str(state.extras.get("model_dir") or modelstore.local_dir(s.model_uri, s.model_dir))
-    log.info("ready", extra={"cold_start_seconds": round(cold, 3), "model_dir": model})
+    shares = {phase: round(seconds, 3) for phase, seconds in phases.seconds.items()}
+    log.info(
+        "ready",
+        extra={
+            "cold_start_seconds": round(cold, 3),
+            "cold_start_phases": shares,
+            "model_dir": model,
+        },
+    )
 
 
 async def shutdown(state: AppState, startup_task: asyncio.Task[None]) -> None:

@@ -16,7 +16,9 @@ event that finds the queue full is dropped, and every event is counted once in
 down through the retries, or the shutdown deadline cancelled it) or dropped. Events still in
 flight at SIGTERM are flushed within what is left of the shutdown deadline. With
 PAYLOAD_LOG_HASH_TEXTS each text is replaced by the sha256 (hex) of its UTF-8 bytes. With
-sampling off the middleware is not installed and httpx is never imported.
+sampling off the middleware is not installed and httpx is never imported. With tracing on the
+event carries the request's trace context (`traceparent`, the CloudEvents distributed-tracing
+extension), and its delivery is a client span in that trace.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from functions.sentiment.monitoring import Record, event_origin, payload_record
 from functions.sentiment.schemas import REQUEST_ID_EXTENSION
 from shared.eventid import derived_id
 from shared.logs import request_id_var
+from shared.tracing import inject_event_context
 
 if TYPE_CHECKING:
     from functions.sentiment.sink import EventSink
@@ -111,6 +114,7 @@ def build_event(
     named = origin or ((s.event_source, request_id) if request_id else None)
     if named is not None:
         attributes["id"] = derived_id(*named, LOGGED_TYPE, s.variant)
+    inject_event_context(attributes)  # the request's span, when tracing is on
     data = {
         "request_id": request_id,
         "route": route,

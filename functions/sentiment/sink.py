@@ -14,6 +14,11 @@ computed; when none is left it is refused with 503 and Retry-After (`SinkFull`, 
 `kubesentiment_rejected_requests_total{reason="sink_full"}`), so the Broker redelivers it later and
 no result is ever dropped without a count.
 
+With tracing on, each delivery attempt is an httpx client span (shared/tracing.py instruments
+httpx) whose parent is the event's own trace context (its `traceparent` attribute, which the
+binary content mode also sends as `ce-traceparent`): the K_SINK copy of a reply hangs under the
+span that computed it, even though it is delivered after the response has gone.
+
 The same sender, with its own counter and gauge, carries the sampled payload log
 (`payload_log`): there nothing may block or fail a request, so an event that finds no place is
 dropped (`offer` returns False) and counted by the caller instead of refusing the request.
@@ -29,11 +34,13 @@ from typing import TYPE_CHECKING
 
 from cloudevents.core.base import BaseCloudEvent
 from cloudevents.core.bindings import http as ce_http
+from opentelemetry import context as otel_context
 from prometheus_client import Counter, Gauge
 
 from functions.sentiment.core import AppState
 from shared.errors import SinkFull
 from shared.metrics import Metrics
+from shared.tracing import extract_event_context
 
 if TYPE_CHECKING:  # httpx costs ~80 ms of cold start; only a function with K_SINK needs it
     import httpx
@@ -164,6 +171,16 @@ class EventSink:
 
     async def deliver(self, event: BaseCloudEvent) -> bool:
         """Post one event with retries; True when the sink accepted it."""
+        # The attempts' client spans continue the event's trace (a no-op with tracing off).
+        parent = extract_event_context(event.get_attributes())
+        token = otel_context.attach(parent) if parent is not None else None
+        try:
+            return await self._deliver(event)
+        finally:
+            if token is not None:
+                otel_context.detach(token)
+
+    async def _deliver(self, event: BaseCloudEvent) -> bool:
         message = ce_http.to_binary_event(event)
         ok, reason = False, "no attempt made"
         for attempt in range(1, self.attempts + 1):
