@@ -244,6 +244,10 @@ def test_tritonclient_calls_the_model_by_the_inferenceservice_name(
     # Another InferenceService's name is not this model: 404, as KServe's own servers answer.
     with pytest.raises(InferenceServerException, match="unknown model"):
         c.get_model_metadata("sentiment-cpu-fp32")
+    # The OpenAPI document names it too (schemathesis and clients generated from it).
+    doc = httpx.get(f"{s.url}/openapi.json").json()
+    response = doc["components"]["schemas"]["V2InferResponse"]["properties"]["model_name"]
+    assert s.name in response["enum"]
 
 
 def readme_snippet() -> str:
