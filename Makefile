@@ -247,6 +247,13 @@ image-gpu: accurate-fp16 ## GPU fp16 image of the accurate model (needs a CUDA b
 deploy-check: $(STAMP) ## Render + strictly validate Knative overlays, Terraform parse/fmt/checkov, rollout tests
 	$(PYTHON) -m pytest tests/test_deploy_*.py
 
+.PHONY: kserve-schema kserve-test
+kserve-schema: $(STAMP) ## Rewrite knative/kserve/crd-schemas.json from the official KServe CRDs in ../shared/kserve
+	$(PYTHON) -m scripts.kserve_schema
+
+kserve-test: $(STAMP) ## KServe manifests (schemas, consistency) and the function run as the KServe runtime starts it, with tritonclient
+	$(PYTHON) -m pytest tests/test_deploy_kserve.py tests/test_kserve_runtime.py
+
 .PHONY: rules-test observability k6 bench-baseline bench-batching
 rules-test: tools ## Check and unit-test the Prometheus rules and the Alertmanager config
 	promtool check rules observability/prometheus/*.yml

@@ -27,6 +27,7 @@ from shared.settings_base import (
     _csv,
     _float,
     _int,
+    _model_name,
     _optional_str,
     _optional_url,
     _path,
@@ -80,6 +81,13 @@ class Settings:
     )
     variant: str = setting(
         "VARIANT", "cpu-int8", _str, "Variant name used in responses, logs, metrics."
+    )
+    model_name: str | None = setting(
+        "MODEL_NAME",
+        "",
+        _model_name,
+        "Name the v2 routes serve the model under (`/v2/models/NAME`), besides its own name and "
+        "VARIANT; KServe's runtime sets the InferenceService's name. Empty = the model's name.",
     )
     providers: tuple[str, ...] = setting(
         "ORT_PROVIDERS",

@@ -7,6 +7,7 @@ list of settings (and `setting(...)`, which declares one).
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,6 +116,18 @@ def _secret(raw: str) -> Secret | None:
 
 def _path(raw: str) -> Path:
     return Path(raw.strip())
+
+
+# One URL path segment, as KServe names an InferenceService (a DNS label fits); no `{{`, so a
+# runtime's `{{.Name}}` that KServe did not fill in fails at start instead of serving under it.
+_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
+
+
+def _model_name(raw: str) -> str | None:
+    value = raw.strip()
+    if value and not _MODEL_NAME.fullmatch(value):
+        raise ValueError("must be letters, digits, '.', '_' or '-' (at most 253), starting alnum")
+    return value or None
 
 
 @dataclass(frozen=True)

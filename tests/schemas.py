@@ -11,6 +11,9 @@ Three sources, so a fresh clone (and GitHub CI) validates every document without
 - crds: the official Knative CRDs in `../shared/knative/crds`, a second, stricter source, used
   when present (their own `x-kubernetes-preserve-unknown-fields` objects are closed only when
   `pedantic`).
+- KServe kinds (serving.kserve.io): `kserve-reduced`, the official KServe CRDs' schemas committed
+  in reduced form (knative/kserve/crd-schemas.json, written by `python -m scripts.kserve_schema`),
+  always; and `kserve-crds`, the official CRDs in `../shared/kserve/crds`, when present.
 
 A kind that no source knows is an error ("not validated"), never a silent pass.
 """
@@ -18,6 +21,7 @@ A kind that no source knows is an error ("not validated"), never a silent pass.
 from __future__ import annotations
 
 import importlib
+import json
 import warnings
 from collections.abc import Mapping
 from functools import cache
@@ -30,6 +34,9 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 CRDS = ROOT.parent / "shared" / "knative" / "crds"
+KSERVE_CRDS = ROOT.parent / "shared" / "kserve" / "crds"
+KSERVE_REDUCED = ROOT / "knative" / "kserve" / "crd-schemas.json"
+KSERVE_GROUP = "serving.kserve.io"
 KUBE_VERSION = "1.33.0"
 REGISTRY_MODULES = (
     "cloudcoil.models.knative_serving.serving.v1",
@@ -39,7 +46,7 @@ REGISTRY_MODULES = (
     "cloudcoil.models.prometheus_operator.v1",
 )
 # Groups whose kinds are CRDs: kubernetes-validate has no schema for them.
-CRD_GROUPS = ("knative.dev", "monitoring.coreos.com")
+CRD_GROUPS = ("knative.dev", "monitoring.coreos.com", KSERVE_GROUP)
 ROOT_FIELDS: Mapping[str, Any] = {
     "apiVersion": {"type": "string"},
     "kind": {"type": "string"},
@@ -101,7 +108,9 @@ def crd_schemas(crds: Path = CRDS, pedantic: bool = False) -> Mapping[tuple[str,
     """(apiVersion, kind) -> strict schema for every served version of every CRD under `crds`."""
     schemas: dict[tuple[str, str], dict[str, Any]] = {}
     for path in sorted(crds.rglob("*.yaml")):
-        for crd in yaml.safe_load_all(path.read_text(encoding="utf-8")):
+        # libyaml when present: the KServe InferenceService CRD alone is 2 MB of YAML.
+        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+        for crd in yaml.load_all(path.read_text(encoding="utf-8"), Loader=loader):
             if not crd or crd.get("kind") != "CustomResourceDefinition":
                 continue
             group, kind = crd["spec"]["group"], crd["spec"]["names"]["kind"]
@@ -115,9 +124,35 @@ def crd_schemas(crds: Path = CRDS, pedantic: bool = False) -> Mapping[tuple[str,
     return schemas
 
 
-def sources() -> list[str]:
-    """The schema sources available here: always the registry, plus the CRDs when present."""
+@cache
+def kserve_reduced_schemas(path: Path = KSERVE_REDUCED) -> Mapping[tuple[str, str], Any]:
+    """(apiVersion, kind) -> strict schema from the committed reduced KServe CRD schemas."""
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    schemas: dict[tuple[str, str], Any] = {}
+    for key, schema in doc["kinds"].items():
+        api, kind = key.split(" ")
+        # The `$ref`s point into `$defs` at the root of the schema they are resolved in.
+        closed = close_schema({**schema, "$defs": doc["$defs"]})
+        closed["properties"] = {**ROOT_FIELDS, **closed.get("properties", {})}
+        schemas[(api, kind)] = closed
+    return schemas
+
+
+def sources(api: str = "") -> list[str]:
+    """The schema sources available here for `api`: Knative and Prometheus-operator kinds always
+    the registry, plus the Knative CRDs when present; KServe kinds always the committed reduced
+    schemas, plus the official KServe CRDs when present."""
+    if KSERVE_GROUP in api:
+        return ["kserve-reduced", "kserve-crds"] if KSERVE_CRDS.is_dir() else ["kserve-reduced"]
     return ["registry", "crds"] if CRDS.is_dir() else ["registry"]
+
+
+def _table(src: str, pedantic: bool) -> Mapping[tuple[str, str], Any]:
+    if src == "registry":
+        return registry_schemas()
+    if src == "kserve-reduced":
+        return kserve_reduced_schemas()
+    return crd_schemas(KSERVE_CRDS if src == "kserve-crds" else CRDS, pedantic)
 
 
 def _errors(schema: Mapping[str, Any], doc: Mapping[str, Any], label: str) -> list[str]:
@@ -146,11 +181,10 @@ def validate(doc: Mapping[str, Any], *, source: str = "all", pedantic: bool = Fa
     if not any(group in api for group in CRD_GROUPS):
         return validate_core(doc, label)
     errors: list[str] = []
-    wanted = sources() if source == "all" else [source]
-    # The CRDs in ../shared are Knative's only.
-    for src in [s for s in wanted if s == "registry" or "knative.dev" in api]:
-        table = registry_schemas() if src == "registry" else crd_schemas(CRDS, pedantic)
-        schema = table.get((api, kind))
+    wanted = sources(api) if source == "all" else [source]
+    # The CRDs in ../shared/knative are Knative's only.
+    for src in [s for s in wanted if s != "crds" or "knative.dev" in api]:
+        schema = _table(src, pedantic).get((api, kind))
         if schema is None:
             errors.append(f"{label}: no {src} schema for {api} {kind}: not validated")
             continue

@@ -49,6 +49,9 @@ def test_values_are_parsed() -> None:
         pytest.param({"MAX_TEXTS": "0"}, "MAX_TEXTS='0'", id="min"),
         pytest.param({"BATCH_MAX_WAIT_MS": "-1"}, "BATCH_MAX_WAIT_MS='-1'", id="negative"),
         pytest.param(
+            {"MODEL_NAME": "{{.Name}}"}, "MODEL_NAME='{{.Name}}'", id="unfilled-kserve-template"
+        ),
+        pytest.param(
             {"VAULT_ADDR": "http://127.0.0.1:1", "VAULT_AUTH_METHOD": "token"},
             "VAULT_TOKEN is required",
             id="token-needed",

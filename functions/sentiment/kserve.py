@@ -2,13 +2,15 @@
 
 
 Routes: `GET /v2`, `/v2/health/live`, `/v2/health/ready`, `/v2/models/{name}`,
-`/v2/models/{name}/ready` and `POST /v2/models/{name}/infer`. The model name is the manifest's
-name (the variant name is accepted too). The one input is a BYTES tensor of UTF-8 texts, shape
-`[N]` or `[N, 1]`, sent as JSON `data` (a flat list, or one list per row) or with the protocol's
-binary tensor extension (`Inference-Header-Content-Length`; each element a 4-byte little-endian
-length and its bytes). Outputs: `label` (BYTES `[N]`), `score` (FP32 `[N]`, P(positive) -
-P(negative), only for models with both labels) and `probabilities` (FP32 `[N, C]`, row-major, in
-the order of the model's labels); the request's `outputs` list picks a subset,
+`/v2/models/{name}/ready` and `POST /v2/models/{name}/infer`. The model name is MODEL_NAME when
+set (the KServe runtimes in knative/kserve/ set it to the InferenceService's name), else the
+manifest's name; the manifest's name and the variant name are accepted too. The one input is a
+BYTES tensor of UTF-8 texts, shape `[N]` or `[N, 1]`, sent as JSON `data` (a flat list, or one
+list per row) or with the protocol's binary tensor extension (`Inference-Header-Content-Length`;
+each element a 4-byte little-endian length and its bytes). Outputs: `label` (BYTES `[N]`),
+`score` (FP32 `[N]`, P(positive) - P(negative), only for models with both labels) and
+`probabilities` (FP32 `[N, C]`, row-major, in the order of the model's labels); the request's
+`outputs` list picks a subset,
 `parameters.long_text` chooses `truncate` or `chunk`, and Triton's `parameters.timeout`
 (microseconds) and `parameters.priority` (1 = high) set a deadline and a lane (functions/sentiment/
 qos.py). Outputs are always returned as JSON data.
@@ -62,11 +64,20 @@ class BadRequest(ApiError):
     type = "invalid_input"
 
 
+def served_name(state: AppState, classifier: Classifier) -> str:
+    """The name the v2 routes give the model: MODEL_NAME, else the manifest's name."""
+    return state.settings.model_name or classifier.manifest.name
+
+
 def _model(state: AppState, name: str) -> Classifier:
     classifier, _ = state.require_ready()
-    if name not in (classifier.manifest.name, state.settings.variant):
+    if name not in (
+        served_name(state, classifier),
+        classifier.manifest.name,
+        state.settings.variant,
+    ):
         raise NotFound(
-            f"unknown model {shown(name)}; this function serves {classifier.manifest.name!r}"
+            f"unknown model {shown(name)}; this function serves {served_name(state, classifier)!r}"
         )
     return classifier
 
@@ -103,7 +114,7 @@ async def model_metadata(request: Request) -> Response:
     outputs.append({"name": "probabilities", "datatype": "FP32", "shape": [-1, labels]})
     return JSONResponse(
         {
-            "name": classifier.manifest.name,
+            "name": served_name(state, classifier),
             "versions": [classifier.manifest.version],
             "platform": "onnxruntime_onnx",
             "inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1]}],
@@ -290,7 +301,7 @@ async def infer(request: Request, state: AppState) -> Response:
         },
     }
     response: dict[str, Any] = {
-        "model_name": classifier.manifest.name,
+        "model_name": served_name(state, classifier),
         "model_version": classifier.manifest.version,
         "outputs": [{"name": name, **tensors[name]} for name in wanted],
     }

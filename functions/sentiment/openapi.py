@@ -309,7 +309,7 @@ def _playground(settings: Settings) -> dict[str, Any]:
 
 def document(settings: Settings, model_name: str | None = None) -> dict[str, Any]:
     """The OpenAPI document for a function serving `settings.variant` (and `model_name`)."""
-    names = [n for n in (model_name, settings.variant) if n]
+    names = [n for n in dict.fromkeys((settings.model_name, model_name, settings.variant)) if n]
     doc_paths = paths(settings, names)
     components: dict[str, Any] = {
         "schemas": schemas(settings, names),
