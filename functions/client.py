@@ -4,9 +4,9 @@ Rows are read from JSONL (one object per line) or CSV (a header row); the id and
 configurable (`--id-field`, `--text-field`; a row without an id gets its row number). Texts go to
 the function in batches, as `POST /predict` requests or as CloudEvents to `POST /` (binary mode,
 CloudEvents SDK), with at most `--concurrency` batches in flight. 429 and 5xx answers and
-connection errors are retried with exponential backoff, honouring Retry-After when it asks for
-longer; a batch that fails validation as a whole (422/400/413) is split so one bad text cannot
-sink its neighbours, and a text the function rejects gets an error row.
+connection errors are retried with exponential backoff and full jitter (`shared.backoff`:
+Retry-After is a floor); a batch that fails validation as a whole (422/400/413) is split so one
+bad text cannot sink its neighbours, and a text the function rejects gets an error row.
 
 Results are appended to OUTPUT as JSON lines keyed by `id` (a prediction, or `{"id", "error"}`),
 flushed after every batch. Rerunning with the same OUTPUT resumes: ids already written are
@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
-import random
 import sys
 import time
 from collections.abc import Sequence
@@ -36,6 +34,7 @@ from cloudevents.core.v1.event import CloudEvent
 
 from functions.rows import FatalError as FatalError  # re-exported: callers catch client.FatalError
 from functions.rows import Row, key, read_rows, resume
+from shared.backoff import Backoff
 
 REQUEST_TYPE = "dev.kubesentiment.sentiment.requested"
 CLIENT_SOURCE = "/kubesentiment/batch-client"
@@ -128,20 +127,19 @@ class Progress:
 class Runner:
     """Sends batches, retries, splits, and appends results to the output."""
 
-    def __init__(self, config: Config, client: httpx.AsyncClient, out: TextIO, summary: Summary):
+    def __init__(
+        self,
+        config: Config,
+        client: httpx.AsyncClient,
+        out: TextIO,
+        summary: Summary,
+        backoff: Backoff | None = None,
+    ):
         self.config = config
         self.client = client
         self.out = out
         self.summary = summary
-
-    def retry_delay(self, attempt: int, retry_after: str | None) -> float:
-        """Exponential backoff with a little jitter, or Retry-After when that is longer."""
-        c = self.config
-        delay = min(c.max_backoff_s, c.backoff_s * 2.0**attempt) * random.uniform(0.8, 1.0)
-        if retry_after is not None:
-            with contextlib.suppress(ValueError):  # an HTTP date: keep the backoff
-                delay = max(delay, min(c.max_backoff_s, float(retry_after)))
-        return delay
+        self.backoff = backoff or Backoff(config.backoff_s, config.max_backoff_s)
 
     def request(self, rows: Sequence[Row]) -> tuple[str, dict[str, str], bytes]:
         """Path, headers and body for one batch."""
@@ -195,7 +193,7 @@ class Runner:
                 retry_after = response.headers.get("retry-after")
             if attempt < self.config.retries:
                 self.summary.retries += 1
-                await asyncio.sleep(self.retry_delay(attempt, retry_after))
+                await asyncio.sleep(self.backoff.delay(attempt, retry_after))
         print(f"\nbatch of {len(rows)} failed after retries: {reason}", file=sys.stderr)
         self.summary.failed += len(rows)
 
