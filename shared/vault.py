@@ -21,7 +21,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from shared.backoff import Backoff
 from shared.config import FIELDS, Secret, Settings
 from shared.metrics import Metrics
 
@@ -310,7 +309,7 @@ class SecretStore:
 
     async def _keep_alive(self) -> None:
         can_login = self.settings.vault_auth != "token"
-        backoff, retry = Backoff(RETRY_BASE_S, MAX_RETRY_S), 0
+        retry = 0
         action, delay = self._plan()
         while action is not None:
             await asyncio.sleep(delay)
@@ -327,7 +326,10 @@ class SecretStore:
             except Exception:
                 # Cached secrets stay in use; retry with backoff, by logging in again when the
                 # method allows it (the token may have expired meanwhile).
-                action, delay = ("login" if can_login else "renew"), backoff.delay(retry)
+                from shared.backoff import Backoff  # loaded on a failure, never at start-up
+
+                backoff = Backoff(RETRY_BASE_S, MAX_RETRY_S).delay(retry)
+                action, delay = ("login" if can_login else "renew"), backoff
                 retry += 1
                 continue
             retry = 0

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import random
 import statistics
+import subprocess
+import sys
 from datetime import UTC, datetime
 from email.utils import format_datetime
+from pathlib import Path
 
 import pytest
 
 from shared.backoff import Backoff
+
+ROOT = Path(__file__).resolve().parent.parent
 
 CASES = [
     pytest.param(0.1, 2.0, id="start-up"),
@@ -99,3 +104,26 @@ def test_retry_after_as_an_http_date_counts_from_now() -> None:
 def test_a_negative_base_or_cap_is_refused() -> None:
     with pytest.raises(ValueError, match="backoff"):
         Backoff(-1.0, 5.0)
+
+
+def test_the_serving_path_loads_neither_backoff_nor_progress() -> None:
+    # Start-up, Vault renewal and the sink load shared.backoff on their first retry or with a
+    # sink configured; a function that starts cleanly and serves pays nothing for it (nor for
+    # shared.progress or tqdm, which the image does not hold).
+    code = (
+        "import sys, time\n"
+        "from dataclasses import replace\n"
+        "from starlette.testclient import TestClient\n"
+        "from functions.sentiment.app import create_app\n"
+        "from shared.config import Settings\n"
+        "with TestClient(create_app(replace(Settings(), intra_op_threads=1))) as c:\n"
+        "    while c.get('/health/readiness').status_code != 200: time.sleep(0.02)\n"
+        "    assert c.post('/predict', json={'text': 'fine'}).status_code == 200\n"
+        "new = ('shared.backoff', 'shared.progress', 'tqdm')\n"
+        "print(sorted(m for m in new if m in sys.modules))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"

@@ -27,6 +27,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
+from typing import TYPE_CHECKING
 
 from starlette.concurrency import run_in_threadpool
 
@@ -36,9 +37,11 @@ from functions.sentiment.core import AppState
 from functions.sentiment.lanes import LANE_NAMES
 from functions.sentiment.outcome import RunStats
 from shared import modelstore
-from shared.backoff import Backoff
 from shared.registry import RegistryUnavailable
 from shared.vault import SecretError
+
+if TYPE_CHECKING:
+    from shared.backoff import Backoff
 
 log = logging.getLogger("kubesentiment.app")
 
@@ -133,7 +136,9 @@ def step_of(hook: StartHook) -> str:
     return STEPS.get(name, f"running start step {name or type(hook).__name__}")
 
 
-async def _run_step(state: AppState, hook: StartHook, sleep: Sleep, backoff: Backoff) -> None:
+async def _run_step(
+    state: AppState, hook: StartHook, sleep: Sleep, backoff: Backoff | None
+) -> None:
     step = step_of(hook)
     attempt = 1
     state.not_ready_reason = step
@@ -145,6 +150,10 @@ async def _run_step(state: AppState, hook: StartHook, sleep: Sleep, backoff: Bac
             # A network step (Vault, the model registry): readiness says what failed without the
             # error's text (a Vault error's `step` is more precise than the hook's), the log has it.
             step = getattr(e, "step", "") or step
+            if backoff is None:  # only a start-up that has to retry loads it
+                from shared.backoff import Backoff
+
+                backoff = Backoff(RETRY_BASE_S, RETRY_CAP_S)
             delay = backoff.delay(attempt - 1)
             state.not_ready_reason = f"{step} (attempt {attempt}, retrying)"
             log.warning(
@@ -171,7 +180,6 @@ async def startup(
     """Run the start hooks in order within STARTUP_TIMEOUT_SECONDS; ready when all succeeded,
     not live when the deadline passed first."""
     s = state.settings
-    backoff = backoff or Backoff(RETRY_BASE_S, RETRY_CAP_S)
     try:
         async with asyncio.timeout(s.startup_timeout_s):
             for hook in hooks:

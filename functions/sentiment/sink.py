@@ -33,7 +33,6 @@ from cloudevents.core.bindings import http as ce_http
 from prometheus_client import Counter, Gauge
 
 from functions.sentiment.core import AppState
-from shared.backoff import Backoff
 from shared.errors import SinkFull
 from shared.metrics import Metrics
 
@@ -81,12 +80,14 @@ class EventSink:
         self.attempts = attempts
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
-        self.backoff = Backoff(backoff_s, max_backoff_s, rng or random.Random())
         self._sent = sent if sent is not None else metrics.events_sent
         self._variant = variant
         self._sleep = sleep
         import httpx
 
+        from shared.backoff import Backoff  # like httpx: only a function with a sink loads it
+
+        self.backoff = Backoff(backoff_s, max_backoff_s, rng or random.Random())
         self._client = httpx.AsyncClient(timeout=timeout_s, transport=transport)
         self._http_error = httpx.HTTPError
         self._tasks: set[asyncio.Task[bool]] = set()
