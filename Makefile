@@ -330,3 +330,9 @@ soak-short: $(STAMP) ## The soak's one-minute mode (samples every 5 s, no RSS ve
 
 redelivery: $(STAMP) ## Redelivery harness: a Knative-style retrying sender drives the function through SIGKILL, K_SINK down, short timeouts -> docs/redelivery.json (~1 min)
 	$(PYTHON) -m tests.redelivery_harness --out docs/redelivery.json
+
+# The batch client as its own small distribution (clients/kubesentiment-client): httpx, the
+# CloudEvents SDK and tqdm, without the serving stack. README: "Install".
+.PHONY: client-wheel
+client-wheel: $(STAMP) ## The kubesentiment-client wheel (the batch client without ONNX Runtime, tokenizers, numpy) -> build/client/
+	$(PYTHON) -m scripts.client_wheel --out build/client

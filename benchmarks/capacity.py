@@ -44,6 +44,7 @@ from benchmarks.peers import procs, texts
 from benchmarks.peers.run import first_prediction, load
 from benchmarks.peers.systems import System, all_systems
 from loadtests.local import ROOT, LocalFunction
+from shared.progress import Progress
 
 SETTINGS = Path(__file__).with_name("capacity-settings.json")
 KNATIVE = ROOT / "knative" / "base"
@@ -276,11 +277,13 @@ def main(argv: list[str] | None = None) -> int:
     sample = [t for _, t in texts.load(next(iter(ours.values())).model)]
     result: dict[str, Any] = {"settings": s, "plans": {}, "manifests": {}}
     limits = set()
+    shown = Progress(len(svc) * len(args.cores), "capacity", unit="plan")
     with tempfile.TemporaryDirectory(prefix="capacity-") as tmp:
         for variant, service in svc.items():
             system = system_for(variant, ROOT / service["model_dir"], ours)
             if system is None:  # its manifest keeps hand-picked values (and says so)
                 print(f"{variant}: {service['model_dir']} is not built, not measured", flush=True)
+                shown.update(len(args.cores))
                 continue
             for cores in args.cores:
                 print(f"{variant} at {cores} core(s) ...", flush=True)
@@ -292,6 +295,7 @@ def main(argv: list[str] | None = None) -> int:
                     entry["costs"] = costs(entry["plan"], cores, service["memory_gib"], s)
                 result["plans"][f"{variant}@{cores}"] = entry
                 print(f"  {entry['plan']}", flush=True)
+                shown.update(1, f"{variant} at {cores} core(s)")
             at = result["plans"].get(f"{variant}@{int(service['cpu'])}", {}).get("plan")
             if at:
                 result["manifests"][variant] = {
@@ -300,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
                     "container_concurrency": at["container_concurrency"],
                     "target": at["target"],
                 }
+    shown.close()
     result.update(
         command="python -m benchmarks.capacity" + (" " + " ".join(argv) if argv else ""),
         mode="quick" if args.quick else "full",

@@ -40,6 +40,7 @@ from typing import Any
 
 from loadtests.local import LOOPBACK, free_port, launch, status_kib, stop
 from shared import modelstore
+from shared.progress import Progress
 
 
 def one_run(
@@ -136,6 +137,7 @@ def model_uri(model_dir: Path, runs: int) -> dict[str, Any]:
             uri = modelstore.push(model_dir, f"oci://{registry.host}/kubesentiment/coldstart:v1")
             warm = Path(tmp) / "warm"
             modelstore.fetch(uri, warm)  # the warm cache's entry
+            shown = Progress(runs, "cold starts (baked, pulled, cached)", unit="run")
             for i in range(runs):
                 empty = Path(tempfile.mkdtemp(prefix="cache-", dir=tmp))
                 arms = {
@@ -150,6 +152,8 @@ def model_uri(model_dir: Path, runs: int) -> dict[str, Any]:
                 print(f"run {i + 1}: " + ", ".join(f"{a} {starts[a][-1]:.3f} s" for a in arms))
                 fresh = tempfile.mkdtemp(prefix="fetch-", dir=tmp)
                 fetches.append(_spawn_s(_PULL, uri, fresh)[0])
+                shown.update(1)
+            shown.close()
         finally:
             registry.stop()
             shutil.rmtree(registry.root, ignore_errors=True)
@@ -209,11 +213,13 @@ def main(argv: list[str] | None = None) -> None:
             args.out.write_text(json.dumps({**old, "model_uri": figures}, indent=2) + "\n")
         return
     starts, rss = [], []
-    for i in range(args.runs):
-        seconds, peak = one_run(args.model_dir, {})
-        starts.append(seconds)
-        rss.append(peak)
-        print(f"run {i + 1}: cold start {seconds:.3f} s, peak RSS {peak:.0f} MiB", flush=True)
+    with Progress(args.runs, "cold starts", unit="run") as shown:
+        for i in range(args.runs):
+            seconds, peak = one_run(args.model_dir, {})
+            starts.append(seconds)
+            rss.append(peak)
+            print(f"run {i + 1}: cold start {seconds:.3f} s, peak RSS {peak:.0f} MiB", flush=True)
+            shown.update(1)
     median = statistics.median(starts)
     print(
         f"{args.model_dir}: median cold start {median:.3f} s, "

@@ -23,6 +23,7 @@ from cloudevents.core.v1.event import CloudEvent
 
 from deploy import canary
 from deploy.canary import Decision, Live
+from shared.backoff import Backoff
 from shared.eventid import derived_id
 
 COMPLETED = "dev.kubesentiment.adapt.completed"
@@ -34,6 +35,8 @@ STATUS = {canary.PROMOTE: "promoted", canary.ROLLBACK: "rolled_back", canary.REJ
 SOURCE = "/kubesentiment/adapt-rollout"
 VARIANT = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")  # a DNS label: part of a Service name
 EVENT_PATH = "/etc/jobsink-event/event"
+SINK_BACKOFF_S = 0.5  # the answer event's first retry waits up to this, doubling (shared.backoff)
+SINK_MAX_BACKOFF_S = 30.0
 log = logging.getLogger("kubesentiment.adapt_rollout")
 
 
@@ -146,22 +149,30 @@ def answer(done: Completion, outcome: Outcome, percent: int, margin: float) -> C
 
 
 def deliver(
-    sink: str | None, event: CloudEvent, sleep: Callable[[float], None], attempts: int = 5
+    sink: str | None,
+    event: CloudEvent,
+    sleep: Callable[[float], None],
+    attempts: int = 5,
+    backoff: Backoff | None = None,
 ) -> bool:
-    """Post `event` to K_SINK in binary mode with bounded retries; True when accepted."""
+    """Post `event` to K_SINK in binary mode with bounded retries (full jitter, Retry-After a
+    floor: `shared.backoff`); True when accepted."""
+    backoff = backoff or Backoff(SINK_BACKOFF_S, SINK_MAX_BACKOFF_S)
     if not sink:
         log.warning("no K_SINK: the answer event is only logged")
         return True
     message = ce_http.to_binary_event(event)
     for attempt in range(1, attempts + 1):
+        retry_after: str | None = None
         try:
             response = httpx.post(sink, headers=message.headers, content=message.body, timeout=30)
             if response.is_success:
                 return True
             reason = f"HTTP {response.status_code}"
+            retry_after = response.headers.get("retry-after")
         except httpx.HTTPError as e:
             reason = f"{type(e).__name__}: {e}"
         log.info("answer event not delivered (%s), attempt %d", reason, attempt)
         if attempt < attempts:
-            sleep(0.5 * 2 ** (attempt - 1))
+            sleep(backoff.delay(attempt - 1, retry_after))
     return False

@@ -43,6 +43,7 @@ from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent
 
 from functions import client
+from shared.backoff import Backoff
 from shared.eventid import derived_id
 
 REQUESTED = "dev.kubesentiment.batch.requested"
@@ -203,16 +204,25 @@ def completion(
 
 
 Sleep = Callable[[float], Awaitable[None]]
+SINK_MAX_BACKOFF_S = 30.0
 
 
-async def deliver(settings: JobSettings, event: CloudEvent, sleep: Sleep = asyncio.sleep) -> bool:
-    """Post `event` to K_SINK in binary mode with bounded retries; True when accepted."""
+async def deliver(
+    settings: JobSettings,
+    event: CloudEvent,
+    sleep: Sleep = asyncio.sleep,
+    backoff: Backoff | None = None,
+) -> bool:
+    """Post `event` to K_SINK in binary mode with bounded retries (full jitter, Retry-After a
+    floor: `shared.backoff`); True when accepted."""
+    backoff = backoff or Backoff(settings.backoff_s, SINK_MAX_BACKOFF_S)
     if not settings.sink:
         log.warning("no K_SINK: the completion event is only logged")
         return True
     message = ce_http.to_binary_event(event)
     async with httpx.AsyncClient(timeout=30.0) as http:
         for attempt in range(1, settings.sink_attempts + 1):
+            retry_after: str | None = None
             try:
                 response = await http.post(
                     settings.sink, headers=message.headers, content=message.body
@@ -222,11 +232,12 @@ async def deliver(settings: JobSettings, event: CloudEvent, sleep: Sleep = async
                 reason = f"HTTP {response.status_code}"
                 if 400 <= response.status_code < 500 and response.status_code not in (408, 429):
                     break
+                retry_after = response.headers.get("retry-after")
             except httpx.HTTPError as e:
                 reason = f"{type(e).__name__}: {e}"
             log.info("completion event not delivered (%s), attempt %d", reason, attempt)
             if attempt < settings.sink_attempts:
-                await sleep(settings.backoff_s * 2 ** (attempt - 1))
+                await sleep(backoff.delay(attempt - 1, retry_after))
     log.error("gave up delivering the completion event to %s", settings.sink)
     return False
 

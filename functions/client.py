@@ -4,25 +4,24 @@ Rows are read from JSONL (one object per line) or CSV (a header row); the id and
 configurable (`--id-field`, `--text-field`; a row without an id gets its row number). Texts go to
 the function in batches, as `POST /predict` requests or as CloudEvents to `POST /` (binary mode,
 CloudEvents SDK), with at most `--concurrency` batches in flight. 429 and 5xx answers and
-connection errors are retried with exponential backoff, honouring Retry-After when it asks for
-longer; a batch that fails validation as a whole (422/400/413) is split so one bad text cannot
-sink its neighbours, and a text the function rejects gets an error row.
+connection errors are retried with exponential backoff and full jitter (`shared.backoff`:
+Retry-After is a floor); a batch that fails validation as a whole (422/400/413) is split so one
+bad text cannot sink its neighbours, and a text the function rejects gets an error row.
 
 Results are appended to OUTPUT as JSON lines keyed by `id` (a prediction, or `{"id", "error"}`),
 flushed after every batch. Rerunning with the same OUTPUT resumes: ids already written are
 skipped, and a last line cut short by an interruption is dropped and redone, so no row is done
 twice or lost. Texts whose batch still failed after every retry are not written (a rerun retries
-them); the exit status is then 1. A progress line goes to stderr, and a summary at the end.
+them); the exit status is then 1. Progress goes to stderr (`shared.progress`: a bar with ETA on a
+terminal, a line every `--progress-interval` seconds in a log or CI), and a summary at the end.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
-import random
 import sys
 import time
 from collections.abc import Sequence
@@ -36,6 +35,8 @@ from cloudevents.core.v1.event import CloudEvent
 
 from functions.rows import FatalError as FatalError  # re-exported: callers catch client.FatalError
 from functions.rows import Row, key, read_rows, resume
+from shared.backoff import Backoff
+from shared.progress import INTERVAL_S, Progress
 
 REQUEST_TYPE = "dev.kubesentiment.sentiment.requested"
 CLIENT_SOURCE = "/kubesentiment/batch-client"
@@ -63,6 +64,7 @@ class Config:
     long_text: str | None = None
     api_key: str | None = None
     progress: bool = True
+    progress_interval_s: float = INTERVAL_S
 
 
 @dataclass
@@ -95,53 +97,22 @@ class Summary:
         )
 
 
-class Progress:
-    """A one-line progress display on stderr, redrawn at most a few times a second."""
-
-    def __init__(self, total: int, enabled: bool, stream: TextIO = sys.stderr) -> None:
-        self.total = total
-        self.enabled = enabled
-        self.stream = stream
-        self._last = 0.0
-
-    def update(self, summary: Summary, *, final: bool = False) -> None:
-        """Redraw the line (always when `final`)."""
-        if not self.enabled:
-            return
-        now = time.monotonic()
-        if not final and now - self._last < 0.2:
-            return
-        self._last = now
-        done = summary.written + summary.failed
-        frac = done / self.total if self.total else 1.0
-        bar = "#" * int(frac * 30)
-        rate = summary.written / summary.elapsed if summary.elapsed > 0 else 0.0
-        self.stream.write(
-            f"\r[{bar:<30}] {done}/{self.total} {frac:6.1%} {rate:7.1f} texts/s "
-            f"retries {summary.retries} errors {summary.item_errors + summary.failed}"
-        )
-        if final:
-            self.stream.write("\n")
-        self.stream.flush()
-
-
 class Runner:
     """Sends batches, retries, splits, and appends results to the output."""
 
-    def __init__(self, config: Config, client: httpx.AsyncClient, out: TextIO, summary: Summary):
+    def __init__(
+        self,
+        config: Config,
+        client: httpx.AsyncClient,
+        out: TextIO,
+        summary: Summary,
+        backoff: Backoff | None = None,
+    ):
         self.config = config
         self.client = client
         self.out = out
         self.summary = summary
-
-    def retry_delay(self, attempt: int, retry_after: str | None) -> float:
-        """Exponential backoff with a little jitter, or Retry-After when that is longer."""
-        c = self.config
-        delay = min(c.max_backoff_s, c.backoff_s * 2.0**attempt) * random.uniform(0.8, 1.0)
-        if retry_after is not None:
-            with contextlib.suppress(ValueError):  # an HTTP date: keep the backoff
-                delay = max(delay, min(c.max_backoff_s, float(retry_after)))
-        return delay
+        self.backoff = backoff or Backoff(config.backoff_s, config.max_backoff_s)
 
     def request(self, rows: Sequence[Row]) -> tuple[str, dict[str, str], bytes]:
         """Path, headers and body for one batch."""
@@ -195,7 +166,7 @@ class Runner:
                 retry_after = response.headers.get("retry-after")
             if attempt < self.config.retries:
                 self.summary.retries += 1
-                await asyncio.sleep(self.retry_delay(attempt, retry_after))
+                await asyncio.sleep(self.backoff.delay(attempt, retry_after))
         print(f"\nbatch of {len(rows)} failed after retries: {reason}", file=sys.stderr)
         self.summary.failed += len(rows)
 
@@ -247,7 +218,13 @@ async def run(config: Config) -> Summary:
     batches: asyncio.Queue[list[Row]] = asyncio.Queue()
     for start in range(0, len(todo), config.batch_size):
         batches.put_nowait(todo[start : start + config.batch_size])
-    progress = Progress(len(todo), config.progress)
+    progress = Progress(
+        len(todo),
+        "classify",
+        unit="text",
+        enabled=config.progress,
+        interval_s=config.progress_interval_s,
+    )
     limits = httpx.Limits(max_connections=config.concurrency)
     config.output.parent.mkdir(parents=True, exist_ok=True)
     with config.output.open("a", encoding="utf-8") as out:
@@ -260,7 +237,10 @@ async def run(config: Config) -> Summary:
                 while not batches.empty():
                     batch = batches.get_nowait()
                     await runner.send(batch)
-                    progress.update(summary)
+                    done = summary.written + summary.failed
+                    errors = summary.item_errors + summary.failed
+                    postfix = f"retries {summary.retries}, errors {errors}"
+                    progress.update(done - progress.done, postfix)
 
             workers = [asyncio.create_task(worker()) for _ in range(config.concurrency)]
             try:
@@ -268,14 +248,14 @@ async def run(config: Config) -> Summary:
             finally:
                 for w in workers:
                     w.cancel()
-    progress.update(summary, final=True)
+    progress.close()
     return summary
 
 
 def parse_args(argv: Sequence[str] | None = None) -> Config:
     """The command line as a Config."""
     p = argparse.ArgumentParser(
-        prog="python -m functions.client",
+        prog="kubesentiment-client",
         description="Classify a JSONL or CSV file with a KubeSentiment function.",
     )
     p.add_argument("input", type=Path, help="JSONL or CSV file of texts")
@@ -292,7 +272,13 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
     p.add_argument("--max-backoff", type=float, default=30.0)
     p.add_argument("--timeout", type=float, default=120.0)
     p.add_argument("--long-text", choices=("truncate", "chunk"))
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar or lines")
+    p.add_argument(
+        "--progress-interval",
+        type=float,
+        default=INTERVAL_S,
+        help="seconds between progress lines when stderr is not a terminal or CI is set",
+    )
     a = p.parse_args(argv)
     if a.batch_size < 1 or a.concurrency < 1 or a.retries < 0:
         p.error("--batch-size and --concurrency must be >= 1, --retries >= 0")
@@ -313,7 +299,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
         long_text=a.long_text,
         # From the environment only: a key on the command line would show in `ps`.
         api_key=os.environ.get("KUBESENTIMENT_API_KEY") or None,
-        progress=not a.no_progress and sys.stderr.isatty(),
+        progress=not a.no_progress,
+        progress_interval_s=a.progress_interval,
     )
 
 

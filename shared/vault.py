@@ -34,6 +34,7 @@ log = logging.getLogger("kubesentiment.vault")
 MASK = "**********"
 RENEW_AT = 2 / 3  # fraction of the TTL after which the token is renewed
 MIN_DELAY_S = 0.2
+RETRY_BASE_S = 1.0  # a failed renewal or login is retried with full jitter (shared.backoff)
 MAX_RETRY_S = 30.0
 
 
@@ -250,7 +251,7 @@ class SecretStore:
 
     async def _keep_alive(self) -> None:
         can_login = self.settings.vault_auth != "token"
-        backoff = 1.0
+        retry = 0
         action, delay = self._plan()
         while action is not None:
             await asyncio.sleep(delay)
@@ -267,10 +268,13 @@ class SecretStore:
             except Exception:
                 # Cached secrets stay in use; retry with backoff, by logging in again when the
                 # method allows it (the token may have expired meanwhile).
+                from shared.backoff import Backoff  # loaded on a failure, never at start-up
+
+                backoff = Backoff(RETRY_BASE_S, MAX_RETRY_S).delay(retry)
                 action, delay = ("login" if can_login else "renew"), backoff
-                backoff = min(MAX_RETRY_S, backoff * 2)
+                retry += 1
                 continue
-            backoff = 1.0
+            retry = 0
             if await asyncio.to_thread(self._refresh) and self.on_change is not None:
                 try:
                     self.on_change(dict(self.values))

@@ -5,6 +5,10 @@ from __future__ import annotations
 import asyncio
 import csv
 import json
+import os
+import re
+import subprocess
+import sys
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +19,7 @@ from functions.client import Config, FatalError, main, resume, run
 from tests.conftest import LiveServer, free_port
 
 pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parent.parent
 
 N = 300
 BAD = {7, 150}
@@ -153,3 +158,49 @@ def test_unreachable_server_counts_rows_as_failed_not_written(tmp_path: Path) ->
     assert summary.failed == 5
     assert summary.written == 0
     assert (tmp_path / "out.jsonl").read_text() == ""
+
+
+def test_progress_off_a_terminal_is_one_line_per_interval(
+    server: LiveServer, tmp_path: Path
+) -> None:
+    # stderr is a pipe here, as in a CI log: no bar, no carriage returns, plain lines with the
+    # counts, rate and ETA (every batch, with --progress-interval 0), then the last one.
+    write_jsonl(tmp_path / "in.jsonl", n=120)
+    argv = [sys.executable, "-m", "functions.client", str(tmp_path / "in.jsonl")]
+    argv += ["-o", str(tmp_path / "out.jsonl"), "--url", server.url, "--id-field", "doc"]
+    argv += ["--text-field", "body", "--batch-size", "10", "--concurrency", "2"]
+    argv += ["--backoff", "0.02", "--retries", "50", "--progress-interval", "0"]
+    env = {k: v for k, v in os.environ.items() if k != "CI"}
+    done = subprocess.run(
+        argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert "\r" not in done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.startswith("classify: ")]
+    counts = [int(line.split()[1].split("/")[0]) for line in lines]
+    assert len(lines) >= 12  # 12 batches, one line after each, and the last line
+    assert counts == sorted(counts)
+    assert counts[-1] == 120
+    assert all(", ETA " in line for line in lines[:-1] if not line.startswith("classify: 120/"))
+    assert re.fullmatch(
+        r"classify: 120/120 text \(100 %\), [0-9.]+ text/s, done in \d\d:\d\d, "
+        r"retries \d+, errors 1",  # row 7 is empty (BAD)
+        lines[-1],
+    ), lines[-1]
+    assert "summary: rows=120" in done.stderr.splitlines()[-1]
+
+
+def test_progress_off_a_terminal_waits_for_its_interval(server: LiveServer, tmp_path: Path) -> None:
+    # The default interval (30 s) is longer than this run: only the last line is written.
+    write_jsonl(tmp_path / "in.jsonl", n=40)
+    argv = [sys.executable, "-m", "functions.client", str(tmp_path / "in.jsonl")]
+    argv += ["-o", str(tmp_path / "out.jsonl"), "--url", server.url, "--id-field", "doc"]
+    argv += ["--text-field", "body", "--backoff", "0.02", "--retries", "50"]
+    env = {k: v for k, v in os.environ.items() if k != "CI"}
+    done = subprocess.run(
+        argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.startswith("classify: ")]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("classify: 40/40 text (100 %)"), lines

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,7 +22,8 @@ from prometheus_client import CollectorRegistry
 from starlette.testclient import TestClient
 
 from functions.sentiment.cloudevents import REQUEST_TYPE, RESPONSE_TYPE
-from functions.sentiment.sink import EventSink, backoff_delay
+from functions.sentiment.sink import EventSink
+from shared.backoff import Backoff
 from shared.config import Settings
 from shared.metrics import Metrics
 
@@ -360,17 +362,35 @@ def test_sink_gives_up_on_a_non_retryable_status() -> None:
     assert value == 1.0
 
 
-@pytest.mark.parametrize(
-    ("attempt", "retry_after", "expected"),
-    [
-        pytest.param(1, None, 0.2, id="first"),
-        pytest.param(3, None, 0.8, id="doubles"),
-        pytest.param(10, None, 5.0, id="capped"),
-        pytest.param(1, "2", 2.0, id="retry-after-longer"),
-        pytest.param(1, "Wed, 21 Oct 2015 07:28:00 GMT", 0.2, id="retry-after-date"),
-    ],
-)
-def test_backoff_is_exponential_capped_and_honours_retry_after(
-    attempt: int, retry_after: str | None, expected: float
-) -> None:
-    assert backoff_delay(attempt, 0.2, 5.0, retry_after) == pytest.approx(expected)
+def test_sink_sleeps_its_jittered_backoff_between_attempts() -> None:
+    # The receiver fails four times (503, Retry-After: 0): the sink sleeps before retries 1-4
+    # exactly the draws a Backoff with the same seed makes (tests/test_backoff.py checks bounds).
+    receiver = SinkReceiver(failures=4)
+    slept: list[float] = []
+
+    async def sleep(s: float) -> None:
+        slept.append(s)
+
+    async def main() -> bool:
+        sink = EventSink(
+            receiver.url,
+            Metrics.create(CollectorRegistry()),
+            "v",
+            backoff_s=0.2,
+            max_backoff_s=0.5,
+            sleep=sleep,
+            rng=random.Random(11),
+        )
+        try:
+            return await sink.deliver(CloudEvent({"type": RESPONSE_TYPE, "source": "/s"}, {}))
+        finally:
+            await sink.close(5)
+
+    try:
+        assert asyncio.run(main()) is True
+    finally:
+        receiver.close()
+    expected = Backoff(0.2, 0.5, random.Random(11))
+    assert slept == [expected.delay(retry, "0") for retry in range(4)]
+    assert len(set(slept)) == 4  # jittered: no two retries wait the same
+    assert all(0 <= s <= min(0.5, 0.2 * 2**i) for i, s in enumerate(slept))

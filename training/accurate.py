@@ -41,6 +41,7 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import SequenceClassifierOutput
 
+from shared.progress import Progress
 from training import data
 from training.modeling import mean_pool
 
@@ -165,9 +166,8 @@ def build_cache(
     encodings = tok.encode_batch([e.text for e in examples])
     order = sorted(range(len(examples)), key=lambda i: len(encodings[i].ids))
     rows: list[Row | None] = [None] * len(examples)
-    started = time.monotonic()
-    with torch.inference_mode():
-        for n, start in enumerate(range(0, len(order), batch_size)):
+    with torch.inference_mode(), Progress(len(order), "cache", unit="row") as shown:
+        for start in range(0, len(order), batch_size):
             chosen = order[start : start + batch_size]
             ids, mask = padded([encodings[i] for i in chosen], pad_id)
             hidden = model.lower(ids, mask, frozen).to(torch.float16)
@@ -175,10 +175,7 @@ def build_cache(
                 e = examples[i]
                 width = len(encodings[i].ids)
                 rows[i] = Row(hidden[row, :width].clone(), e.label, e.source, e.rating)
-            if n % 50 == 0:
-                done = start + len(chosen)
-                rate = done / max(1e-9, time.monotonic() - started)
-                print(f"cache {done}/{len(order)} rows, {rate:.1f} rows/s", flush=True)
+            shown.update(len(chosen))
     return [r for r in rows if r is not None]
 
 
@@ -221,9 +218,9 @@ def fit_top(
     total = int(sum(len(p) for p in plan) * (epochs / whole))
     optim, sched = optimizer(params, lr, total)
     model.train()
-    started = time.monotonic()
     print(f"training the top layers on {len(rows)} rows, {total} steps", flush=True)
-    for step, batch in enumerate([b for p in plan for b in p][:total], start=1):
+    shown = Progress(total, "train top layers", unit="step")
+    for batch in [b for p in plan for b in p][:total]:
         hidden = nn.utils.rnn.pad_sequence([r.hidden for r in batch], batch_first=True).float()
         mask = torch.zeros(hidden.shape[:2], dtype=torch.long)
         for i, r in enumerate(batch):
@@ -234,9 +231,8 @@ def fit_top(
         optim.step()
         sched.step()
         optim.zero_grad()
-        if step % 50 == 0 or step == total:
-            rate = step * batch_size / max(1e-9, time.monotonic() - started)
-            print(f"step {step}/{total} loss {loss.item():.4f} ({rate:.1f} rows/s)", flush=True)
+        shown.update(1, f"loss {loss.item():.4f}")
+    shown.close()
     model.eval()
     return total
 

@@ -34,6 +34,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from shared.progress import Progress
+
 PROTOCOL = (__doc__ or "").split("Protocol: ", 1)[1].split("\n\n")[0].replace("\n", " ")
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "docs" / "adapt_curve.json"
@@ -312,6 +314,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.eval == "test":
         result["references"] = references(base, test, args.fast)
     started = time.monotonic()
+    shown = Progress(len(sizes) * args.seeds, "adapt curve", unit="run")
     for size in sizes:
         runs = []
         for seed in range(1, args.seeds + 1):
@@ -324,6 +327,7 @@ def main(argv: list[str] | None = None) -> None:
                 pred, p_pos = torch_predict(base.model(), base, [r.text for r in evaluation], True)
                 run["base"] = scores([r.label for r in evaluation], pred, p_pos)
             runs.append(run)
+            shown.update(1, f"{size} labels, seed {seed}")
             print(
                 f"{size} labels, seed {seed}: acc {run['accuracy']:.3f}, bal "
                 f"{run['balanced_accuracy']:.3f}, F1 {run['macro_f1']:.3f}, recall "
@@ -334,6 +338,7 @@ def main(argv: list[str] | None = None) -> None:
             )
         result["runs"].extend(runs)
         result["sizes"][str(size)] = summary(runs)
+    shown.close()
     result["seconds"] = round(time.monotonic() - started)
     if args.eval == "test":
         print(table(result))

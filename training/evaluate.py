@@ -33,6 +33,7 @@ import numpy as np
 
 from functions.sentiment.model import Classifier
 from shared import modeldir
+from shared.progress import Progress
 from training import data
 from training.modelcard import write_card
 
@@ -63,11 +64,14 @@ def onnx_scorer(classifier: Classifier, batch_size: int = 64) -> Scorer:
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         labels: list[int] = [0] * len(texts)
         scores: list[float] = [0.0] * len(texts)
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            for i, p in zip(idx, classifier.predict([texts[i] for i in idx]), strict=True):
-                labels[i] = classifier.labels.index(p.label)
-                scores[i] = float(p.score or 0.0)
+        m = classifier.manifest
+        with Progress(len(texts), f"eval {m.name} {m.precision}", unit="text") as shown:
+            for start in range(0, len(order), batch_size):
+                idx = order[start : start + batch_size]
+                for i, p in zip(idx, classifier.predict([texts[i] for i in idx]), strict=True):
+                    labels[i] = classifier.labels.index(p.label)
+                    scores[i] = float(p.score or 0.0)
+                shown.update(len(idx))
         return labels, scores
 
     return score

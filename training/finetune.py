@@ -119,25 +119,6 @@ def report(results: dict[str, dict[str, Any]], labels: tuple[str, ...], n: int) 
     return "\n".join(lines)
 
 
-def progress_bar() -> Any:
-    """A `fit` progress callback drawing a tqdm bar on stderr (steps, loss, examples/s)."""
-    from tqdm import tqdm
-
-    bar: list[Any] = []
-    started = time.monotonic()
-
-    def update(step: int, total: int, loss: float, seen: int) -> None:
-        if not bar:
-            bar.append(tqdm(total=total, unit="step", file=sys.stderr, dynamic_ncols=True))
-        rate = seen / max(1e-9, time.monotonic() - started)
-        bar[0].set_postfix_str(f"loss {loss:.3f}, {rate:.1f} texts/s", refresh=False)
-        bar[0].update(1)
-        if step == total:
-            bar[0].close()
-
-    return update
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data", type=Path, help="CSV/TSV or JSONL with text and label")
@@ -219,7 +200,7 @@ def produce(
     from training import export, quantgate
     from training.adapt import adapt
     from training.modeling import load_trained, save_trained, with_labels
-    from training.train import training_tokenizer
+    from training.train import fit_progress, training_tokenizer
 
     fp32_dir = out.with_name(f"{out.name}-fp32")
     ckpt_dir = out.with_name(f"{out.name}-checkpoint")
@@ -229,7 +210,7 @@ def produce(
     texts, labels = [r.text for r in train], [plan.index(r.label) for r in train]
     record = adapt(
         model, tokenizer, texts, labels, recipe, seed, max_tokens=max_tokens,
-        progress=progress_bar(),
+        progress=fit_progress("finetune"),
     )  # fmt: skip
     record.update(base=base.name, seed=seed, train_rows=len(train), held_out_rows=len(gate[1]))
     save_trained(model, ckpt_dir)

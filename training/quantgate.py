@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from shared import modeldir
+from shared.progress import Progress
 
 MAX_DROP = 0.01  # 1 point of accuracy
 Measure = Callable[[Path], dict[str, float]]  # model directory -> accuracy per held-out set
@@ -128,10 +129,13 @@ def accuracy_of(classifier: Any, texts: list[str], labels: list[str], batch_size
     """Share of texts whose predicted label is the given one (length-sorted batches)."""
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     hits = 0
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        preds = classifier.predict([texts[i] for i in idx])
-        hits += sum(p.label == labels[i] for i, p in zip(idx, preds, strict=True))
+    m = classifier.manifest
+    with Progress(len(texts), f"gate {m.name} {m.precision}", unit="text") as shown:
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            preds = classifier.predict([texts[i] for i in idx])
+            hits += sum(p.label == labels[i] for i, p in zip(idx, preds, strict=True))
+            shown.update(len(idx))
     return hits / len(texts)
 
 

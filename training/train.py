@@ -38,6 +38,7 @@ from typing import Any, Protocol
 import torch
 from tokenizers import Tokenizer
 
+import shared.progress
 from training import data
 from training.calibrate import calibrate
 from training.modeling import (
@@ -96,6 +97,23 @@ def training_tokenizer(path: Path, max_tokens: int) -> Tokenizer:
 
 
 Progress = Callable[[int, int, float, int], None]  # step, total steps, loss, examples seen
+
+
+def fit_progress(desc: str) -> Progress:
+    """A `fit` callback reporting through shared.progress: steps with rate and ETA (a bar on a
+    terminal, a line every 30 s in a log), the loss and examples/s."""
+    shown: list[shared.progress.Progress] = []
+    started = time.monotonic()
+
+    def update(step: int, total: int, loss: float, seen: int) -> None:
+        if not shown:
+            shown.append(shared.progress.Progress(total, desc, unit="step"))
+        rate = seen / max(1e-9, time.monotonic() - started)
+        shown[0].update(1, f"loss {loss:.4f}, {rate:.1f} ex/s")
+        if step == total:
+            shown[0].close()
+
+    return update
 
 
 def all_but_word_embeddings(name: str) -> bool:
@@ -387,16 +405,11 @@ def main(argv: list[str] | None = None) -> None:
         examples = examples[: args.limit]
     model = from_base(base, data.LABELS)
     started = time.monotonic()
-
-    def report(step: int, total: int, loss: float, seen: int) -> None:
-        if step % 50 == 0 or step == total:
-            rate = seen / (time.monotonic() - started)
-            print(f"step {step}/{total} loss {loss:.4f} {rate:.1f} examples/s", flush=True)
-
     total = fit(
         model, examples, tokenizer, epochs=args.epochs, lr=args.lr,
         batch_size=args.batch_size, rng=rng, rating_weight=args.rating_weight,
-        distill=args.distill, temperature=args.temperature, raters=args.raters, progress=report,
+        distill=args.distill, temperature=args.temperature, raters=args.raters,
+        progress=fit_progress("train"),
         trainable=trainable_for({"freeze_layers": args.freeze_layers}),
     )  # fmt: skip
     seconds = round(time.monotonic() - started, 1)

@@ -34,6 +34,7 @@ from benchmarks.peers import ceiling, procs, report, texts, venvs
 from benchmarks.peers.engine import Engine
 from benchmarks.peers.systems import INT8, System, by_key
 from loadtests.local import ROOT, LocalFunction
+from shared.progress import Progress
 
 
 def start(system: System, log_dir: Path, batch: int = 32) -> LocalFunction:
@@ -207,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     passes: dict[str, list[dict[str, Any]]] = {
         s.key: [] for s in systems if s.key not in unavailable
     }
-    with tempfile.TemporaryDirectory(prefix="peers-") as tmp:
+    measured = Progress(args.passes * len(passes), "peers", unit="run")
+    with tempfile.TemporaryDirectory(prefix="peers-") as tmp, measured as shown:
         for n in range(args.passes):
             order = [s for s in systems if s.key in passes]
             for system in order if n % 2 == 0 else order[::-1]:
@@ -226,9 +228,11 @@ def main(argv: list[str] | None = None) -> int:
                 ) as e:
                     failures[system.key] = f"pass {n + 1}: {type(e).__name__}: {str(e)[-600:]}"
                     print(f"  {system.key} failed: {failures[system.key]}", flush=True)
+                    shown.update(1, f"pass {n + 1}: {system.key} failed")
                     continue
                 passes[system.key].append(result)
                 print("  " + report.one_line(result), flush=True)
+                shown.update(1, f"pass {n + 1}: {system.key}")
     info["seconds"] = round(time.monotonic() - started)
     # A system with no successful pass is reported as unavailable, with why; one that failed in
     # one pass only keeps its other passes, and the failure is listed too.

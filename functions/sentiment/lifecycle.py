@@ -7,7 +7,8 @@ so the first request after a scale from zero never meets a half-loaded model.
 
 Steps that depend on the network (Vault login and secret reads: a `SecretError`; fetching the
 model of an oci:// MODEL_URI from its registry: `RegistryUnavailable`) are retried with
-exponential backoff (0.1 s doubling, capped at 2 s); meanwhile readiness names the step and the
+exponential backoff and full jitter (`shared.backoff`: up to 0.1 s doubling, capped at 2 s), so
+pods scaled up together do not retry in lockstep; meanwhile readiness names the step and the
 attempt, never an exception's text (that goes to the log). If start-up has not succeeded after
 STARTUP_TIMEOUT_SECONDS, liveness fails too (`state.live`), so the kubelet restarts the pod
 instead of leaving one that is alive but never ready.
@@ -26,6 +27,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
+from typing import TYPE_CHECKING
 
 from starlette.concurrency import run_in_threadpool
 
@@ -37,6 +39,9 @@ from functions.sentiment.outcome import RunStats
 from shared import modelstore
 from shared.registry import RegistryUnavailable
 from shared.vault import SecretError
+
+if TYPE_CHECKING:
+    from shared.backoff import Backoff
 
 log = logging.getLogger("kubesentiment.app")
 
@@ -128,11 +133,6 @@ async def load_model(state: AppState) -> None:
     m.model_info.labels(s.variant, mf.name, mf.version, mf.precision).set(1)
 
 
-def retry_delay(attempt: int) -> float:
-    """Seconds before retrying a failed start-up step after its attempt number `attempt`."""
-    return float(min(RETRY_CAP_S, RETRY_BASE_S * 2.0 ** (attempt - 1)))
-
-
 def phase_of(hook: StartHook) -> str:
     """The cold-start phase a start hook's time goes to: its `phase` attribute, `model_pull` for
     fetch_model, else `other` (load_model marks its own model_load and warmup first)."""
@@ -151,7 +151,9 @@ def step_of(hook: StartHook) -> str:
     return STEPS.get(name, f"running start step {name or type(hook).__name__}")
 
 
-async def _run_step(state: AppState, hook: StartHook, sleep: Sleep) -> None:
+async def _run_step(
+    state: AppState, hook: StartHook, sleep: Sleep, backoff: Backoff | None
+) -> None:
     step = step_of(hook)
     attempt = 1
     state.not_ready_reason = step
@@ -163,7 +165,11 @@ async def _run_step(state: AppState, hook: StartHook, sleep: Sleep) -> None:
             # A network step (Vault, the model registry): readiness says what failed without the
             # error's text (a Vault error's `step` is more precise than the hook's), the log has it.
             step = getattr(e, "step", "") or step
-            delay = retry_delay(attempt)
+            if backoff is None:  # only a start-up that has to retry loads it
+                from shared.backoff import Backoff
+
+                backoff = Backoff(RETRY_BASE_S, RETRY_CAP_S)
+            delay = backoff.delay(attempt - 1)
             state.not_ready_reason = f"{step} (attempt {attempt}, retrying)"
             log.warning(
                 "start-up step failed, retrying",
@@ -179,7 +185,13 @@ async def _run_step(state: AppState, hook: StartHook, sleep: Sleep) -> None:
             await asyncio.Event().wait()
 
 
-async def startup(state: AppState, hooks: list[StartHook], *, sleep: Sleep = asyncio.sleep) -> None:
+async def startup(
+    state: AppState,
+    hooks: list[StartHook],
+    *,
+    sleep: Sleep = asyncio.sleep,
+    backoff: Backoff | None = None,
+) -> None:
     """Run the start hooks in order within STARTUP_TIMEOUT_SECONDS; ready when all succeeded,
     not live when the deadline passed first."""
     s = state.settings
@@ -188,7 +200,7 @@ async def startup(state: AppState, hooks: list[StartHook], *, sleep: Sleep = asy
     try:
         async with asyncio.timeout(s.startup_timeout_s):
             for hook in hooks:
-                await _run_step(state, hook, sleep)
+                await _run_step(state, hook, sleep, backoff)
                 phases.mark(phase_of(hook))
     except TimeoutError:
         state.live = False

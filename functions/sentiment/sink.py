@@ -3,8 +3,8 @@
 Knative's SinkBinding (and ContainerSource) inject `K_SINK`; the URL is only ever read from the
 settings, never from a request, so a caller cannot make the function post anywhere else. Delivery
 follows the rules a Knative Broker applies to its own subscribers: 2xx is delivered; 408, 409, 429
-and 5xx (and connection errors) are retried with exponential backoff, honouring Retry-After when it
-asks for longer; any other 4xx is final. Each event is counted once in
+and 5xx (and connection errors) are retried with exponential backoff and full jitter
+(`shared.backoff`: Retry-After is a floor); any other 4xx is final. Each event is counted once in
 `kubesentiment_events_sent_total{outcome}` as `success` or `failure` (given up after its retries,
 or cancelled by the shutdown deadline).
 
@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING
 
@@ -54,16 +55,6 @@ Sleep = Callable[[float], Awaitable[None]]
 Send = Callable[[BaseCloudEvent], "asyncio.Task[bool]"]
 
 
-def backoff_delay(attempt: int, base_s: float, cap_s: float, retry_after: str | None) -> float:
-    """Seconds before retry number `attempt` (1-based): base * 2^(attempt-1), capped, or longer
-    when the receiver's Retry-After (seconds) asks for it."""
-    delay: float = min(cap_s, base_s * 2.0 ** (attempt - 1))
-    if retry_after is not None:
-        with contextlib.suppress(ValueError):  # an HTTP date: keep our own backoff
-            delay = max(delay, min(cap_s, float(retry_after)))
-    return delay
-
-
 class EventSink:
     """Posts events to one sink URL from background tasks, at most `max_pending` at a time;
     `close()` waits for them."""
@@ -82,6 +73,7 @@ class EventSink:
         timeout_s: float = 10.0,
         transport: httpx.AsyncBaseTransport | None = None,
         sleep: Sleep = asyncio.sleep,
+        rng: random.Random | None = None,
         sent: Counter | None = None,
         pending: Gauge | None = None,
         name: str = "K_SINK",
@@ -100,6 +92,9 @@ class EventSink:
         self._sleep = sleep
         import httpx
 
+        from shared.backoff import Backoff  # like httpx: only a function with a sink loads it
+
+        self.backoff = Backoff(backoff_s, max_backoff_s, rng or random.Random())
         self._client = httpx.AsyncClient(timeout=timeout_s, transport=transport)
         self._http_error = httpx.HTTPError
         self._tasks: set[asyncio.Task[bool]] = set()
@@ -200,7 +195,7 @@ class EventSink:
                     break
                 retry_after = response.headers.get("retry-after")
             if attempt < self.attempts:
-                delay = backoff_delay(attempt, self.backoff_s, self.max_backoff_s, retry_after)
+                delay = self.backoff.delay(attempt - 1, retry_after)
                 log.info(
                     "%s delivery failed (%s), retry %d in %.2fs", self.name, reason, attempt, delay
                 )
