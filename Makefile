@@ -323,3 +323,9 @@ soak-short: $(STAMP) ## The soak's one-minute mode (samples every 5 s, no RSS ve
 
 redelivery: $(STAMP) ## Redelivery harness: a Knative-style retrying sender drives the function through SIGKILL, K_SINK down, short timeouts -> docs/redelivery.json (~1 min)
 	$(PYTHON) -m tests.redelivery_harness --out docs/redelivery.json
+
+# Quotas per API key: a key flooding far over its quota beside a quiet key within its own.
+.PHONY: quota-fairness
+quota-fairness: $(STAMP) ## A quiet API key's p99 alone and under another key's flood, with and without the flood key's quota -> docs/quota_fairness.json, README (~3 min)
+	$(PYTHON) -m loadtests.fairness
+	$(PYTHON) -m loadtests.fairness --readme

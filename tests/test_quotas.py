@@ -7,13 +7,17 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import replace
 
 import pytest
+import yaml
 from prometheus_client import CollectorRegistry
 from starlette.testclient import TestClient
 
+from functions.sentiment.openapi import KEY_ID
 from shared.config import ConfigError, Secret, Settings
 from shared.quotas import (
     Decision,
@@ -27,6 +31,7 @@ from shared.quotas import (
     policy_field,
 )
 from shared.vault import _as_text
+from tests.conftest import ROOT, model_dir
 
 KEY_A = "team-a-key-0123456789abcdef"
 KEY_B = "team-b-key-fedcba9876543210"
@@ -318,3 +323,50 @@ def test_an_event_with_a_key_counts_under_that_key(quota_client: TestClient) -> 
     assert r.status_code == 200
     assert r.headers["ratelimit"].startswith('"per-key";r=49;')
     assert sample(quota_client, "kubesentiment_key_texts_total", key_id="team-b") == 1
+
+
+def test_readme_trigger_example_is_a_valid_trigger_for_an_events_path() -> None:
+    from tests.schemas import validate
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Quotas and usage per API key", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```yaml\n(.*?)```", section, re.S)
+    assert len(blocks) == 1
+    trigger = yaml.safe_load(blocks[0])
+    assert validate(trigger) == []
+    key_id = trigger["spec"]["subscriber"]["uri"].removeprefix("/events/")
+    assert re.fullmatch(KEY_ID.strip("^$"), key_id)
+    # The README's secret example gives that key `events: true`.
+    example = re.search(r"cat > api.json <<'JSON'\n(.*?)\nJSON", section, re.S)
+    assert example is not None
+    text = example.group(1).replace("...", "0123456789abcdef")
+    entries = {e.id: e for e in parse_entries(json.dumps(json.loads(text)["keys"]))}
+    assert entries[key_id].events
+
+
+@pytest.mark.parametrize(
+    ("api_keys", "loaded"),
+    [pytest.param("", False, id="no-keys"), pytest.param(PLAIN, True, id="keys")],
+)
+def test_quota_modules_load_only_with_api_keys(api_keys: str, loaded: bool) -> None:
+    # A fresh interpreter serves one request; the quota modules are imported only with keys.
+    code = (
+        "import sys\n"
+        "from starlette.testclient import TestClient\n"
+        "from shared.config import Settings\n"
+        "from functions.sentiment.app import create_app\n"
+        f"s = Settings.from_env({{'API_KEYS': {api_keys!r}, 'MODEL_DIR': {str(model_dir())!r}}})\n"
+        "with TestClient(create_app(s)) as c:\n"
+        "    while c.get('/health/readiness').status_code != 200: pass\n"
+        f"    r = c.post('/predict', json={{'text': 'ok'}}, headers={{'X-API-Key': {PLAIN!r}}})\n"
+        "    assert r.status_code == 200, r.text\n"
+        "mods = ('shared.quotas', 'functions.sentiment.usage')\n"
+        "print(sorted(m for m in mods if m in sys.modules))\n"
+    )
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)}
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    expected = ["functions.sentiment.usage", "shared.quotas"] if loaded else []
+    assert out.stdout.strip() == str(expected)
