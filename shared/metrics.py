@@ -101,7 +101,7 @@ class Metrics:
             rejected=Counter(
                 f"{p}_rejected_requests_total",
                 "Requests refused with 429 or 503, by reason "
-                "(overloaded, not_ready, shutting_down, sink_full).",
+                "(overloaded, not_ready, shutting_down, sink_full, quota_exceeded).",
                 ["route", "reason", "variant"],
                 registry=registry,
             ),
