@@ -305,8 +305,8 @@ class Metrics:
             # key, so its values are bounded by the keys configured.
             key_requests=Counter(
                 f"{p}_key_requests_total",
-                "Inference requests per API key id, by result (served, or limited: refused with "
-                "429 quota_exceeded by the key's token bucket).",
+                "Inference requests per API key id, by result: allowed by the key's token bucket "
+                "(however they were then answered), or limited (refused with 429 quota_exceeded).",
                 ["key_id", "result", "variant"],
                 registry=registry,
             ),

@@ -224,7 +224,7 @@ def test_over_quota_gets_429_with_retry_after_and_ratelimit(quota_client: TestCl
         == 200
     )
     assert key_requests(quota_client, "team-a", "limited") == 1
-    assert key_requests(quota_client, "team-a", "served") == 3
+    assert key_requests(quota_client, "team-a", "allowed") == 3
     rejected = {"route": "/predict", "reason": "quota_exceeded"}
     assert sample(quota_client, "kubesentiment_rejected_requests_total", **rejected) == 1
 
@@ -265,7 +265,7 @@ def test_usage_is_counted_per_key_id_never_per_key(quota_client: TestClient) -> 
     texts = ["I loved every minute of it", "Terrible service, never again", "It was fine"]
     assert quota_client.post("/predict", json={"texts": texts}, headers=auth).status_code == 200
     assert quota_client.post("/predict", json={"text": "ok"}, headers=auth).status_code == 200
-    assert key_requests(quota_client, "team-b", "served") == 2
+    assert key_requests(quota_client, "team-b", "allowed") == 2
     assert sample(quota_client, "kubesentiment_key_texts_total", key_id="team-b") == 4
     tokens = sample(quota_client, "kubesentiment_key_tokens_total", key_id="team-b")
     assert 4 * 3 <= tokens <= 4 * 16  # [CLS] ... [SEP] around a few word pieces each

@@ -84,7 +84,7 @@ def test_quota_from_openbao_refuses_then_recovers_after_retry_after(
         scrape = c.get("/metrics").text
     requests = "kubesentiment_key_requests_total"
     assert sample(scrape, requests, key_id="team-a", result="limited") == 1
-    assert sample(scrape, requests, key_id="team-a", result="served") == 4
+    assert sample(scrape, requests, key_id="team-a", result="allowed") == 4
     assert sample(scrape, "kubesentiment_key_texts_total", key_id="team-a") == 5
     assert sample(scrape, "kubesentiment_key_model_cpu_seconds_total", key_id="team-a") > 0
     assert set(re.findall(r'key_id="([^"]*)"', scrape)) == {"team-a", "team-b"}

@@ -70,7 +70,7 @@ async def metered(
         raise
     finally:
         usage.reset(token)
-        m.key_requests.labels(entry.id, "served", variant).inc()
+        m.key_requests.labels(entry.id, "allowed", variant).inc()
         if used.texts:
             m.key_texts.labels(entry.id, variant).inc(used.texts)
             m.key_tokens.labels(entry.id, variant).inc(used.tokens)
