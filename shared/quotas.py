@@ -13,8 +13,9 @@ A request costs one token, whatever its number of texts: quotas are in requests,
 count them and as the draft's default quota unit says; texts, tokenizer tokens and model CPU time
 are counted per key in the usage metrics instead (MAX_TEXTS bounds what one request can cost).
 
-The header fields follow draft-ietf-httpapi-ratelimit-headers-11 (May 2026; the -12 revision of
-November 2026 keeps this syntax as far as we could read it): `RateLimit-Policy: "per-key";q=B;w=W`
+The header fields follow draft-ietf-httpapi-ratelimit-headers-11 (May 2026), the latest revision
+whose full text we could read (-12, November 2026, exists; check it before relying on a detail), in
+section 3 (RateLimit-Policy) and 4 (RateLimit): `RateLimit-Policy: "per-key";q=B;w=W`
 announces a quota of B requests per W seconds (the bucket's burst and the seconds it takes to
 refill from empty), and `RateLimit: "per-key";r=R;t=T` the R whole requests available now and the
 T seconds until the next token is added, i.e. the time within which no more than R can be used.
