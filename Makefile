@@ -336,3 +336,9 @@ redelivery: $(STAMP) ## Redelivery harness: a Knative-style retrying sender driv
 .PHONY: client-wheel
 client-wheel: $(STAMP) ## The kubesentiment-client wheel (the batch client without ONNX Runtime, tokenizers, numpy) -> build/client/
 	$(PYTHON) -m scripts.client_wheel --out build/client
+
+# Quotas per API key: a key flooding far over its quota beside a quiet key within its own.
+.PHONY: quota-fairness
+quota-fairness: $(STAMP) ## A quiet API key's p99 alone and under another key's flood, with and without the flood key's quota -> docs/quota_fairness.json, README (~3 min)
+	$(PYTHON) -m loadtests.fairness
+	$(PYTHON) -m loadtests.fairness --readme

@@ -10,7 +10,10 @@ position nor the length of a valid key shows in the timing. A missing or wrong k
 `kubesentiment_auth_failures_total{reason}`.
 
 The keys live in an `ApiKeys` holder filled at start (they may come from Vault after the app is
-built); until it is filled, protected routes answer 503.
+built); until it is filled, protected routes answer 503. A matched key's entry (its id and quota,
+shared/quotas.py) is left in the ASGI scope under `KEY_SCOPE` for the request core, and its id in
+the logs' context. `POST /events/{id}` is where a Knative Trigger delivers CloudEvents for the key
+with that id: without a key it is let through only when that key's entry says `"events": true`.
 """
 
 from __future__ import annotations
@@ -19,16 +22,21 @@ import hashlib
 import hmac
 import json
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from shared.errors import ApiError, NotReady, Unauthorized
-from shared.logs import request_id_var
+from shared.logs import key_id_var, request_id_var
 from shared.metrics import Metrics
 
+if TYPE_CHECKING:  # imported when keys are set: a function without API keys never loads it
+    from shared.quotas import KeyEntry
+
 REALM = "kubesentiment"
+KEY_SCOPE = "kubesentiment.api_key"  # the matched KeyEntry, in the ASGI scope
+EVENTS_PREFIX = "/events/"  # POST /events/{id}: a Trigger's deliveries counted under key `id`
 
 # Exact paths that stay open: Knative/kubelet probes, KServe v2 health, the Prometheus scrape, the
 # API description, the playground page (static: no data, no key; its calls need a key) and the
@@ -57,32 +65,52 @@ def _digest(key: str) -> bytes:
 
 
 class ApiKeys:
-    """The valid API keys, held as digests; empty until `set` is called."""
+    """The valid API keys, held as digests beside their entries; empty until `set` is called."""
 
-    def __init__(self, keys: Iterable[str] = ()) -> None:
+    def __init__(self, keys: Iterable[str | KeyEntry] = ()) -> None:
         self._digests: tuple[bytes, ...] = ()
+        self._entries: tuple[KeyEntry, ...] = ()
         self.loaded = False
         if keys:
             self.set(keys)
 
-    def set(self, keys: Iterable[str]) -> None:
+    def set(self, keys: Iterable[str | KeyEntry]) -> None:
         """Replace the valid keys (at start, and when Vault hands out rotated ones)."""
-        digests = tuple(_digest(k) for k in keys if k)
-        if not digests:
+        from shared.quotas import KeyEntry, digest_id
+
+        entries = tuple(
+            k if isinstance(k, KeyEntry) else KeyEntry(k, digest_id(k)) for k in keys if k
+        )
+        if not entries:
             raise ValueError("API_KEYS resolved to no key")
-        self._digests = digests
+        self._digests = tuple(_digest(e.key) for e in entries)
+        self._entries = entries
         self.loaded = True
 
     def __len__(self) -> int:
         return len(self._digests)
 
+    @property
+    def entries(self) -> tuple[KeyEntry, ...]:
+        """Every key's entry, in order."""
+        return self._entries
+
+    def match(self, presented: str) -> KeyEntry | None:
+        """The entry whose key equals `presented`; constant time in the keys and the input."""
+        candidate = _digest(presented)
+        found = -1
+        for index, digest in enumerate(self._digests):
+            equal = hmac.compare_digest(candidate, digest)
+            found = index if equal else found
+        return self._entries[found] if found >= 0 else None
+
     def verify(self, presented: str) -> bool:
         """True if `presented` equals one of the keys; constant time in the keys and the input."""
-        candidate = _digest(presented)
-        ok = False
-        for digest in self._digests:
-            ok |= hmac.compare_digest(candidate, digest)
-        return ok
+        return self.match(presented) is not None
+
+    def by_id(self, key_id: str) -> KeyEntry | None:
+        """The entry with this id, if any."""
+        return next((e for e in self._entries if e.id == key_id), None)
 
 
 def presented_key(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
@@ -133,21 +161,31 @@ class ApiKeyAuth:
             await self._refuse(error, scope, send)
             return
         key = presented_key(scope["headers"])
+        entry = None if key is None else self.keys.match(key)
+        if key is None and scope["path"].startswith(EVENTS_PREFIX):
+            # A Trigger cannot send a key: the path names the key whose quota the events use.
+            named = self.keys.by_id(scope["path"][len(EVENTS_PREFIX) :])
+            entry = named if named is not None and named.events else None
+        if entry is not None:
+            scope[KEY_SCOPE] = entry
+            token = key_id_var.set(entry.id)
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                key_id_var.reset(token)
+            return
         if key is None:
             self.missing.inc()
             error = Unauthorized(
                 "an API key is required: send 'Authorization: Bearer KEY' or 'X-API-Key: KEY'",
                 headers={"WWW-Authenticate": f'Bearer realm="{REALM}"'},
             )
-        elif not self.keys.verify(key):
+        else:
             self.invalid.inc()
             error = Unauthorized(
                 "the API key is not valid",
                 headers={"WWW-Authenticate": f'Bearer realm="{REALM}", error="invalid_token"'},
             )
-        else:
-            await self.app(scope, receive, send)
-            return
         await self._refuse(error, scope, send)
 
     async def _refuse(self, error: ApiError, scope: Scope, send: Send) -> None:

@@ -238,7 +238,8 @@ class Settings:
         "API_KEYS",
         "",
         _secret,
-        "Comma-separated API keys (or `vault:MOUNT/PATH#KEY`); empty = no authentication.",
+        "Comma-separated API keys, or a JSON list of keys and `{key, id, rate, burst, events}` "
+        "objects (quotas per key); or `vault:MOUNT/PATH#KEY`; empty = no authentication.",
         secret=True,
     )
     vault_addr: str | None = setting(
@@ -359,6 +360,13 @@ class Settings:
             raise ConfigError("a setting references Vault (vault:...) but VAULT_ADDR is empty")
         if self.batch_max_size > self.max_queued_texts:
             raise ConfigError("BATCH_MAX_SIZE must not exceed MAX_QUEUED_TEXTS")
+        if self.api_keys is not None and not self.api_keys.is_vault_ref:
+            from shared.quotas import parse_entries  # only with API keys
+
+            try:
+                parse_entries(self.api_keys.get())
+            except ValueError as e:
+                raise ConfigError(f"API_KEYS=********** is invalid: {e}") from None
         if self.payload_log_sample > 0 and not self.payload_log_sink:
             raise ConfigError("PAYLOAD_LOG_SINK is required when PAYLOAD_LOG_SAMPLE > 0")
 

@@ -101,6 +101,13 @@ class Overloaded(ApiError):
     type = "overloaded"
 
 
+class QuotaExceeded(ApiError):
+    """The API key used up its own quota (its token bucket): retry after `Retry-After` (429)."""
+
+    status = 429
+    type = "quota_exceeded"
+
+
 class NotReady(ApiError):
     """The model is not loaded yet, or the function is shutting down (503)."""
 

@@ -16,6 +16,8 @@ from typing import Any
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "request_id", default=None
 )
+# The id of the request's API key (shared/quotas.py), never the key: set by the key middleware.
+key_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("key_id", default=None)
 _variant = {"value": ""}
 
 # Attributes every LogRecord has; anything else passed through `extra=` is logged as a field.
@@ -38,10 +40,11 @@ def _trace_ids() -> tuple[str | None, str | None]:
 
 
 class ContextFilter(logging.Filter):
-    """Adds request_id, variant, trace_id and span_id to every record."""
+    """Adds request_id, key_id, variant, trace_id and span_id to every record."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.request_id = getattr(record, "request_id", None) or request_id_var.get()
+        record.key_id = getattr(record, "key_id", None) or key_id_var.get()
         record.variant = _variant["value"]
         trace_id, span_id = _trace_ids()
         record.trace_id = trace_id

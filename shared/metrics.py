@@ -69,6 +69,10 @@ class Metrics:
     event_replay_entries: Gauge
     payload_log_events: Counter
     payload_log_pending: Gauge
+    key_requests: Counter
+    key_texts: Counter
+    key_tokens: Counter
+    key_model_cpu: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry = REGISTRY) -> Metrics:
@@ -98,7 +102,7 @@ class Metrics:
             rejected=Counter(
                 f"{p}_rejected_requests_total",
                 "Requests refused with 429 or 503, by reason "
-                "(overloaded, not_ready, shutting_down, sink_full).",
+                "(overloaded, not_ready, shutting_down, sink_full, quota_exceeded).",
                 ["route", "reason", "variant"],
                 registry=registry,
             ),
@@ -304,6 +308,35 @@ class Metrics:
                 "Sampled payload events waiting for PAYLOAD_LOG_SINK (at most "
                 "PAYLOAD_LOG_MAX_PENDING; beyond it they are dropped and counted).",
                 ["variant"],
+                registry=registry,
+            ),
+            # Usage per API key: `key_id` is a configured key's id (shared/quotas.py), never the
+            # key, so its values are bounded by the keys configured.
+            key_requests=Counter(
+                f"{p}_key_requests_total",
+                "Inference requests per API key id, by result: allowed by the key's token bucket "
+                "(however they were then answered), or limited (refused with 429 quota_exceeded).",
+                ["key_id", "result", "variant"],
+                registry=registry,
+            ),
+            key_texts=Counter(
+                f"{p}_key_texts_total",
+                "Texts classified for each API key id.",
+                ["key_id", "variant"],
+                registry=registry,
+            ),
+            key_tokens=Counter(
+                f"{p}_key_tokens_total",
+                "Tokenizer tokens (after truncation, special tokens included) of the texts "
+                "classified for each API key id.",
+                ["key_id", "variant"],
+                registry=registry,
+            ),
+            key_model_cpu=Counter(
+                f"{p}_key_model_cpu_seconds_total",
+                "Process CPU time of the ONNX runs spent on each API key id's texts (a run's CPU "
+                "time shared among its texts by their windows).",
+                ["key_id", "variant"],
                 registry=registry,
             ),
         )

@@ -13,9 +13,10 @@ import logging
 
 from starlette.applications import Starlette
 
-from shared.auth import ApiKeyAuth, ApiKeys, parse_keys
+from shared.auth import ApiKeyAuth, ApiKeys
 from shared.config import Settings
 from shared.metrics import Metrics
+from shared.quotas import ids, parse_entries
 from shared.vault import ClientFactory, SecretStore, hvac_client
 
 log = logging.getLogger("kubesentiment.secrets")
@@ -44,14 +45,20 @@ class SecretsHook:
         if self.keys is not None:
             raw = values.get("api_keys")
             if raw is not None:
-                self.keys.set(parse_keys(raw))
+                self.keys.set(parse_entries(raw))
 
     async def __call__(self, state: object) -> None:
         """Resolve every secret; raise when a required one cannot be read."""
         await self.store.start()
         self._apply(self.store.values)
         if self.keys is not None:
-            log.info("API keys loaded", extra={"api_keys": len(self.keys)})
+            limited = [e.id for e in self.keys.entries if e.rate is not None]
+            log.info(
+                "API keys loaded",
+                extra={"api_keys": len(self.keys), "key_ids": ids(self.keys.entries)},
+            )
+            if limited:
+                log.info("quotas on for key ids %s", ", ".join(limited))
 
     async def close(self) -> None:
         """Stop the Vault token renewal task."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -295,5 +296,7 @@ def _as_text(value: Any) -> str:
     if isinstance(value, str):
         return value
     if isinstance(value, list | tuple):
-        return ",".join(str(v) for v in value)
+        if all(isinstance(v, str) for v in value):
+            return ",".join(value)
+        return json.dumps(value)  # key entries with quotas (shared/quotas.py) stay JSON
     raise TypeError(f"expected a string or a list of strings, got {type(value).__name__}")

@@ -171,6 +171,9 @@ class Batcher:
                 started_ns=min(s.started_ns for s in stats),
                 ended_ns=max(s.ended_ns for s in stats),
                 batch_size=max(s.size for s in stats),
+                cpu_seconds=sum(
+                    s.cpu_seconds * len(w) / s.size for s, w in zip(stats, windows, strict=True)
+                ),
             )
         finally:
             self.queued -= len(windows)
@@ -218,8 +221,10 @@ class Batcher:
         self, windows: list[Window], enqueued: tuple[float, ...]
     ) -> tuple[Probabilities, RunStats]:
         started, started_ns = time.perf_counter(), time.time_ns()
+        cpu = time.process_time()  # ORT's intra-op threads work for the run: the process's CPU
         probs = self._run(windows)
         seconds = time.perf_counter() - started
+        cpu = time.process_time() - cpu
         stats = RunStats(
             size=len(windows),
             width=max(len(w) for w in windows),
@@ -227,6 +232,7 @@ class Batcher:
             seconds=seconds,
             started_ns=started_ns,
             ended_ns=started_ns + int(seconds * 1e9),
+            cpu_seconds=cpu,
         )
         if self._on_run is not None:
             self._on_run(stats)

@@ -344,5 +344,9 @@ async def _traced_answer(state: AppState, request: Checked) -> CloudEvent:
 
 
 def routes() -> list[BaseRoute]:
-    """The CloudEvents route (the function's root, where Triggers deliver)."""
-    return [Route("/", receive, methods=["POST"])]
+    """The CloudEvents routes: the root, where Triggers deliver, and `/events/{key_id}`, where a
+    Trigger delivers events counted under an API key's quota (shared/auth.py)."""
+    return [
+        Route("/", receive, methods=["POST"]),
+        Route("/events/{key_id}", receive, methods=["POST"]),
+    ]

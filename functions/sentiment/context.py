@@ -17,6 +17,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.responses import Response
@@ -28,6 +29,19 @@ from shared.metrics import Metrics, status_class
 timings: contextvars.ContextVar[dict[str, float] | None] = contextvars.ContextVar(
     "timings", default=None
 )
+
+
+@dataclass
+class Usage:
+    """What a keyed request used (functions/sentiment/usage.py counts it per key id)."""
+
+    texts: int = 0
+    tokens: int = 0
+    cpu_seconds: float = 0.0
+
+
+# Set only for a request made with an API key; the core adds to it as it classifies.
+usage: contextvars.ContextVar[Usage | None] = contextvars.ContextVar("usage", default=None)
 log = logging.getLogger("kubesentiment.app")
 ErrorResponder = Callable[[Scope, BaseException], Response]
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")

@@ -25,9 +25,10 @@ from starlette.types import Scope
 
 from functions.sentiment import monitoring
 from functions.sentiment.batching import Batcher
-from functions.sentiment.context import route_template, timings
+from functions.sentiment.context import route_template, timings, usage
 from functions.sentiment.lanes import NORMAL, settle
 from functions.sentiment.outcome import Outcome
+from shared.auth import KEY_SCOPE
 from shared.config import Settings
 from shared.errors import ApiError, DeadlineExceeded, InternalError, NotReady, Overloaded
 from shared.logs import request_id_var
@@ -119,7 +120,12 @@ def inference(adapter: Adapter) -> Callable[[Request], Awaitable[Response]]:
         state = app_state(request)
         state.require_ready()
         async with state.admit():
-            return await adapter(request, state)
+            if KEY_SCOPE not in request.scope:
+                return await adapter(request, state)
+            # A request with an API key: its quota (429 before the body is read) and usage.
+            from functions.sentiment.usage import metered
+
+            return await metered(request, state, adapter)
 
     endpoint.__doc__ = adapter.__doc__
     endpoint.__name__ = adapter.__name__
@@ -177,6 +183,10 @@ async def classify(
         raise
     # Counts, score/confidence/token histograms by label; texts kept for a payload-logged request.
     monitoring.observe(state.extras, m, variant, labels, texts[:observe], predictions[:observe])
+    used = usage.get()
+    if used is not None:  # a request with an API key: its usage is counted per key id
+        used.texts += len(predictions[:observe])
+        used.tokens += sum(p.tokens for p in predictions[:observe])
     return predictions
 
 
@@ -216,6 +226,9 @@ async def _compute(
             for enc, p in zip(encoded, e.partial, strict=True)
         ]
     _record_spans(outcome)
+    used = usage.get()
+    if used is not None:
+        used.cpu_seconds += outcome.cpu_seconds
     predictions = [
         classifier.combine(e, p) for e, p in zip(encoded, outcome.probabilities, strict=True)
     ]

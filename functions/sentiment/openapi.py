@@ -30,6 +30,8 @@ from functions.sentiment.schemas import (
 from shared.auth import OPEN_PATHS
 from shared.config import Settings
 
+KEY_ID = "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"  # shared/quotas.py's key ids
+
 _STD = {
     "X-Request-ID": {"$ref": "#/components/headers/XRequestID"},
     "Server-Timing": {"$ref": "#/components/headers/ServerTiming"},
@@ -311,6 +313,13 @@ def document(settings: Settings, model_name: str | None = None) -> dict[str, Any
     """The OpenAPI document for a function serving `settings.variant` (and `model_name`)."""
     names = [n for n in dict.fromkeys((settings.model_name, model_name, settings.variant)) if n]
     doc_paths = paths(settings, names)
+    # A Trigger's deliveries for one API key's quota and usage: otherwise POST / itself.
+    root = doc_paths["/"]["post"]
+    key_id = {"name": "key_id", "in": "path", "required": True, "schema": {"pattern": KEY_ID}}
+    doc_paths["/events/{key_id}"] = {
+        "post": {**root, "summary": f"{root['summary']}, for API key `key_id` (see README)"}
+        | {"parameters": [key_id, *root["parameters"]]}
+    }
     components: dict[str, Any] = {
         "schemas": schemas(settings, names),
         "headers": {

@@ -24,6 +24,7 @@ class RunStats:
     seconds: float
     started_ns: int
     ended_ns: int
+    cpu_seconds: float = 0.0  # process CPU time during the run (ORT's threads included)
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class Outcome:
     started_ns: int
     ended_ns: int
     batch_size: int
+    cpu_seconds: float = 0.0  # this submit's share of its runs' CPU time, by windows
 
     @property
     def queue_seconds(self) -> float:
