@@ -114,8 +114,24 @@ def test_probe_paths_are_get_routes_of_the_app(
 def test_triggers_deliver_to_a_route_that_accepts_cloudevents(
     app_routes: dict[str, set[str]],
 ) -> None:
-    # A Trigger whose subscriber is a ref (no path) POSTs to the Service's root.
-    assert "POST" in app_routes.get("/", set()), "the app has no POST / for CloudEvents"
+    """A Trigger POSTs to its subscriber's `uri` resolved against the ref's address (the root
+    without one). A Broker's delivery carries no API key, so a Trigger to a function that requires
+    keys must deliver to `/events/{key_id}`, the route that counts keyless events under a key."""
+    services = {s["metadata"]["name"]: s for s in function_services()}
+    checked = 0
+    for trigger in (d for d in base_documents() if d["kind"] == "Trigger"):
+        subscriber = trigger["spec"]["subscriber"]
+        service = services.get(subscriber["ref"]["name"])
+        if service is None:
+            continue  # the results consumer, a JobSink: not a function
+        uri = subscriber.get("uri", "/")
+        if "API_KEYS" in env_of(service):
+            match = re.fullmatch(r"/events/([a-z0-9][a-z0-9-]*)", uri)
+            assert match, f"{trigger['metadata']['name']}: keyless delivery to {uri} gets 401"
+            uri = "/events/{key_id}"
+        assert "POST" in app_routes.get(uri, set()), f"the app has no POST {uri} for CloudEvents"
+        checked += 1
+    assert checked >= len(VARIANTS)
 
 
 @pytest.mark.parametrize("service", service_ids())
