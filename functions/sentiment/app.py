@@ -1,5 +1,5 @@
 """The sentiment function: `create_app(settings)` wires one variant's routes, middleware and
-lifespan. The request core (`core`) and the protocol adapters (`rest`, `cloudevents`, `kserve`)
+lifespan. The request core (`core`) and the protocol adapters (`rest`, `events`, `kserve`)
 hold the behaviour; start-up and shutdown live in `lifecycle`. Nothing imports this module back.
 """
 
@@ -19,7 +19,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from functions.sentiment import (
-    cloudevents,
+    events,
     explain,
     kserve,
     labelling,
@@ -102,7 +102,7 @@ def create_app(
 
     routes: list[BaseRoute] = [
         *rest.routes(),
-        *cloudevents.routes(),
+        *events.routes(),
         *kserve.routes(),
         *explain.routes(),
         *playground.routes(settings.playground),
