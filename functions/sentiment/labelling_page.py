@@ -14,7 +14,7 @@ the labels and the export stay in the browser. Texts are written with textConten
 labels: the headless Chromium test and the screenshot script read them.
 """
 
-from functions.sentiment.playground_page import BASE_CSS
+from functions.sentiment.playground import BASE_CSS
 
 PAGE = (
     """<!doctype html>
