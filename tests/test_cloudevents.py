@@ -21,7 +21,7 @@ from cloudevents.core.v1.event import CloudEvent
 from prometheus_client import CollectorRegistry
 from starlette.testclient import TestClient
 
-from functions.sentiment.cloudevents import REQUEST_TYPE, RESPONSE_TYPE
+from functions.sentiment.events import REQUEST_TYPE, RESPONSE_TYPE
 from functions.sentiment.sink import EventSink
 from shared.backoff import Backoff
 from shared.config import Settings

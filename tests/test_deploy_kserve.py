@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
-from functions.sentiment.kserve import routes
+from functions.sentiment.v2 import routes
 from scripts import kserve_schema
 from shared.config import FIELDS, ConfigError, Settings
 from shared.modeldir import FORMAT_VERSION

@@ -18,7 +18,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from functions.sentiment import labelling
-from functions.sentiment.labelling_page import PAGE
+from functions.sentiment.labelling import PAGE
 from scripts import cdp, playground
 from shared.config import Secret, Settings
 from tests.conftest import LiveServer

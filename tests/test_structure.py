@@ -105,9 +105,13 @@ def test_no_import_cycle_and_shared_never_imports_functions() -> None:
 
 
 # A module that is one declaration growing by one entry per fact gets a larger cap instead of
-# being split in two: shared/config.py declares every setting once (STYLE: one declaration per
-# fact), and each new setting adds its few lines there.
-LINE_CAPS = {"shared/config.py": 480}
+# being split in two; so does a module that is one idea whose bulk is data rather than logic.
+LINE_CAPS = {
+    # Every setting declared once (STYLE: one declaration per fact), a few lines per setting.
+    "shared/config.py": 480,
+    # The /label routes and the two pages they serve (lock, labelling): ~280 lines are HTML/CSS/JS.
+    "functions/sentiment/labelling.py": 400,
+}
 
 
 @pytest.mark.parametrize("package", PACKAGES)

@@ -1,6 +1,7 @@
 """The sentiment function: `create_app(settings)` wires one variant's routes, middleware and
-lifespan. The request core (`core`) and the protocol adapters (`rest`, `cloudevents`, `kserve`)
-hold the behaviour; start-up and shutdown live in `lifecycle`. Nothing imports this module back.
+lifespan. The request core (`core`) and the protocol adapters (`rest`; `events`, CloudEvents;
+`v2`, KServe's Open Inference Protocol) hold the behaviour; start-up and shutdown live in
+`lifecycle`. Nothing imports this module back.
 """
 
 from __future__ import annotations
@@ -19,14 +20,14 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from functions.sentiment import (
-    cloudevents,
+    events,
     explain,
-    kserve,
     labelling,
     payload_log,
     playground,
     rest,
     sink,
+    v2,
 )
 from functions.sentiment.context import RequestContext
 from functions.sentiment.core import AppState, app_state, error_response, unexpected_response
@@ -102,8 +103,8 @@ def create_app(
 
     routes: list[BaseRoute] = [
         *rest.routes(),
-        *cloudevents.routes(),
-        *kserve.routes(),
+        *events.routes(),
+        *v2.routes(),
         *explain.routes(),
         *playground.routes(settings.playground),
         *labelling.routes(settings.labelling),

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from functions.sentiment.qos_doc import (
+from functions.sentiment.qos import (
     DEADLINE_EXCEEDED,
     event_extensions,
     event_headers,

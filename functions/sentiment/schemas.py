@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from functions.sentiment.inputs import LONG_TEXT_MODES, MAX_ID_CHARS, MAX_ID_INT
-from functions.sentiment.qos_doc import event_extensions, v2_parameters
+from functions.sentiment.qos import event_extensions, v2_parameters
 from shared.config import Settings
 
 MAX_ATTRIBUTE_CHARS = 1024
