@@ -4,9 +4,11 @@ Knative's SinkBinding (and ContainerSource) inject `K_SINK`; the URL is only eve
 settings, never from a request, so a caller cannot make the function post anywhere else. Delivery
 follows the rules a Knative Broker applies to its own subscribers: 2xx is delivered; 408, 409, 429
 and 5xx (and connection errors) are retried with exponential backoff and full jitter
-(`shared.backoff`: Retry-After is a floor); any other 4xx is final. Each event is counted once in
-`kubesentiment_events_sent_total{outcome}` as `success` or `failure` (given up after its retries,
-or cancelled by the shutdown deadline).
+(`shared.backoff`: Retry-After is a floor); any other 4xx is final. Ten attempts by default: full
+jitter halves the expected wait of each retry, so five (3 s of patience without jitter) would give
+up on a sink that is away for a second or two; ten wait about 13 s on average, 26 s at most.
+Each event is counted once in `kubesentiment_events_sent_total{outcome}` as `success` or
+`failure` (given up after its retries, or cancelled by the shutdown deadline).
 
 Memory is bounded: at most SINK_MAX_PENDING events are accepted and not yet delivered or given up
 (`kubesentiment_sink_pending`). A CloudEvent request takes its place (`reserve`) before anything is
@@ -67,7 +69,7 @@ class EventSink:
         *,
         max_pending: int = 1024,
         retry_after_s: int = 1,
-        attempts: int = 5,
+        attempts: int = 10,
         backoff_s: float = 0.2,
         max_backoff_s: float = 5.0,
         timeout_s: float = 10.0,
