@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 import random
 from pathlib import Path
 
@@ -172,3 +173,22 @@ def test_int8_keeps_the_head_in_fp32(tmp_path: Path) -> None:
     # The pooled vector reaches the head as is, not through a DynamicQuantizeLinear.
     assert producers[head.input[0]].op_type == "Div"
     assert not any(n.op_type == "MatMulInteger" and "classifier" in n.name for n in graph.node)
+
+
+def test_the_pull_is_chosen_out_of_fold_and_can_keep_the_base_head() -> None:
+    recipe = adapt.Recipe(select="loss")
+    right = torch.tensor([[-1.0] + [0.0] * 7, [1.0] + [0.0] * 7], dtype=torch.float64)
+    b0 = torch.zeros(2, dtype=torch.float64)
+    # Few labels the base head already separates: nothing to gain, the base head stays.
+    x, y = blobs(30, 0.7, seed=5)
+    pull, scored = adapt.select_pull(x, y, 3 * right, b0, recipe, seed=1)
+    assert pull == math.inf
+    assert set(scored) == {str(p) for p in adapt.PULLS}
+    # Many labels against a base head that points the wrong way: a weak pull wins.
+    x, y = blobs(300, 0.7, seed=6)
+    pull, _ = adapt.select_pull(x, y, -3 * right, b0, recipe, seed=1)
+    assert pull <= 10.0
+    # An infinite pull is the base head itself.
+    w, b = adapt.fit_head(x, y, right, b0, l2=math.inf, balanced=True)
+    assert torch.equal(w, right)
+    assert torch.equal(b, b0)

@@ -27,6 +27,7 @@ frozen, 2 epochs, no head stage, no calibration), kept to measure against.
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections import Counter
@@ -40,6 +41,8 @@ from tokenizers import Tokenizer
 from training.modeling import MeanPoolingBertForSequenceClassification, mean_pool, padded
 
 PRIOR = 1.0  # weight of the calibration's priors against its summed log-likelihood
+# The pulls `select` chooses from; infinity keeps the base head (a fall-back to the default).
+PULLS = (1.0, 3.0, 10.0, 30.0, 100.0, math.inf)
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,7 @@ class Recipe:
     name: str = "default"
     head: bool = True  # fit a logistic head on the pooled embeddings
     l2: float = 10.0  # pull of the head towards the base head (per unit of summed loss)
+    select: str = ""  # choose l2 from PULLS out of fold: "loss" (class-weighted) or "balanced"
     balanced: bool = True  # inverse-frequency class weights
     calibrate: bool = False  # out-of-fold temperature (and biases): measured, not adopted
     calibrate_biases: bool = False  # also per-class biases (a threshold for balanced accuracy)
@@ -118,6 +122,8 @@ def fit_head(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Weights and bias of a logistic head: summed (class-weighted) cross-entropy plus
     `l2` * ||W - w0||^2 (the bias is free), by full-batch L-BFGS from (w0, b0)."""
+    if math.isinf(l2):
+        return w0.clone().double(), b0.clone().double()
     k = w0.shape[0]
     target = torch.tensor(list(y))
     weights = class_weights(list(y), k, balanced)
@@ -153,9 +159,15 @@ def folds_of(y: Sequence[int], folds: int, seed: int) -> list[int]:
 
 
 def out_of_fold(
-    x: torch.Tensor, y: Sequence[int], w0: torch.Tensor, b0: torch.Tensor, recipe: Recipe, seed: int
+    x: torch.Tensor,
+    y: Sequence[int],
+    w0: torch.Tensor,
+    b0: torch.Tensor,
+    recipe: Recipe,
+    seed: int,
+    l2: float | None = None,
 ) -> torch.Tensor:
-    """Logits of each row from a head fitted without its fold."""
+    """Logits of each row from a head fitted without its fold (pull `l2`, else the recipe's)."""
     fold = folds_of(y, recipe.folds, seed)
     logits = torch.zeros((len(y), w0.shape[0]), dtype=torch.float64)
     for f in range(recipe.folds):
@@ -163,11 +175,34 @@ def out_of_fold(
         train = [i for i in range(len(y)) if fold[i] != f]
         if not test or len({y[i] for i in train}) < 2:
             continue
-        w, b = fit_head(
-            x[train], [y[i] for i in train], w0, b0, l2=recipe.l2, balanced=recipe.balanced
-        )
+        pull = recipe.l2 if l2 is None else l2
+        w, b = fit_head(x[train], [y[i] for i in train], w0, b0, l2=pull, balanced=recipe.balanced)
         logits[test] = x[test] @ w.T + b
     return logits
+
+
+def select_pull(
+    x: torch.Tensor, y: Sequence[int], w0: torch.Tensor, b0: torch.Tensor, recipe: Recipe, seed: int
+) -> tuple[float, dict[str, float]]:
+    """The pull of PULLS whose out-of-fold logits score best on the labels (the lowest
+    class-weighted cross-entropy, or with `select="balanced"` the highest balanced accuracy; ties
+    go to the stronger pull), and each pull's score. Infinity (the base head) is a candidate, so
+    labels too few to beat the default on this held-out estimate leave the default's head."""
+    target = torch.tensor(list(y))
+    weights = class_weights(list(y), w0.shape[0], True)
+    scored: dict[str, float] = {}
+    best, best_key = recipe.l2, (math.inf, 0.0)
+    for pull in PULLS:
+        logits = out_of_fold(x, y, w0, b0, recipe, seed, l2=pull)
+        if recipe.select == "balanced":
+            hits = logits.argmax(-1) == target
+            score = -sum(float(hits[target == c].double().mean()) for c in set(y)) / len(set(y))
+        else:
+            score = float(torch.nn.functional.cross_entropy(logits, target, weight=weights))
+        scored[str(pull)] = round(score, 4)
+        if (score, -pull) <= best_key:
+            best, best_key = pull, (score, -pull)
+    return best, scored
 
 
 def fit_calibration(
@@ -265,7 +300,10 @@ def head_stage(
     x = embeddings
     w0 = model.classifier.weight.detach().double()
     b0 = model.classifier.bias.detach().double()
-    w, b = fit_head(x, labels, w0, b0, l2=recipe.l2, balanced=recipe.balanced)
+    l2, selection = recipe.l2, {}
+    if recipe.select and min(Counter(labels).values()) >= 2:
+        l2, selection = select_pull(x, labels, w0, b0, recipe, seed)
+    w, b = fit_head(x, labels, w0, b0, l2=l2, balanced=recipe.balanced)
     temperature, bias = 1.0, torch.zeros_like(b)
     if recipe.calibrate and min(Counter(labels).values()) >= 2:
         oof = out_of_fold(x, labels, w0, b0, recipe, seed)
@@ -275,7 +313,13 @@ def head_stage(
     with torch.no_grad():
         model.classifier.weight.copy_((w / temperature).float())
         model.classifier.bias.copy_((b / temperature + bias).float())
-    return {"temperature": round(temperature, 4), "biases": [round(float(v), 4) for v in bias]}
+    record: dict[str, Any] = {
+        "temperature": round(temperature, 4),
+        "biases": [round(float(v), 4) for v in bias],
+    }
+    if selection:  # the chosen pull (None: the base head kept) and each pull's score
+        record |= {"l2": None if math.isinf(l2) else l2, "selection": selection}
+    return record
 
 
 def figures(gold: Sequence[str], pred: Sequence[str], labels: Sequence[str]) -> dict[str, Any]:
