@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import html
 import json
-import math
 import random
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -175,20 +175,17 @@ def test_int8_keeps_the_head_in_fp32(tmp_path: Path) -> None:
     assert not any(n.op_type == "MatMulInteger" and "classifier" in n.name for n in graph.node)
 
 
-def test_the_pull_is_chosen_out_of_fold_and_can_keep_the_base_head() -> None:
-    recipe = adapt.Recipe(select="loss")
-    right = torch.tensor([[-1.0] + [0.0] * 7, [1.0] + [0.0] * 7], dtype=torch.float64)
-    b0 = torch.zeros(2, dtype=torch.float64)
-    # Few labels the base head already separates: nothing to gain, the base head stays.
-    x, y = blobs(30, 0.7, seed=5)
-    pull, scored = adapt.select_pull(x, y, 3 * right, b0, recipe, seed=1)
-    assert pull == math.inf
-    assert set(scored) == {str(p) for p in adapt.PULLS}
-    # Many labels against a base head that points the wrong way: a weak pull wins.
-    x, y = blobs(300, 0.7, seed=6)
-    pull, _ = adapt.select_pull(x, y, -3 * right, b0, recipe, seed=1)
-    assert pull <= 10.0
-    # An infinite pull is the base head itself.
-    w, b = adapt.fit_head(x, y, right, b0, l2=math.inf, balanced=True)
-    assert torch.equal(w, right)
-    assert torch.equal(b, b0)
+def test_self_training_adds_the_confident_unlabelled_rows() -> None:
+    x, y = blobs(20, 0.5, seed=7)
+    unlabelled, _ = blobs(200, 0.5, seed=8)
+    base = (torch.zeros((2, 8), dtype=torch.float64), torch.zeros(2, dtype=torch.float64))
+    recipe = adapt.Recipe(self_train=0.7)
+    head = adapt.fit_head(x, y, *base, l2=recipe.l2, balanced=True)
+    w, b, kept = adapt.self_train(x, y, unlabelled, head, base, recipe)
+    assert 0 < kept < 200
+    assert not torch.equal(w, head[0])
+    # Nothing is sure enough: the head is refitted on the labels alone, unchanged.
+    w, b, kept = adapt.self_train(x, y, unlabelled, head, base, replace(recipe, self_train=1.0))
+    assert kept == 0
+    assert torch.allclose(w, head[0])
+    assert torch.allclose(b, head[1])
