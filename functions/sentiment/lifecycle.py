@@ -92,8 +92,12 @@ async def load_model(state: AppState) -> None:
         await asyncio.to_thread(classifier.predict, ["warm-up text for the model."] * 2)
         await run_in_threadpool(classifier.encode, ["warm-up"])
 
+    real, padded = (m.batch_tokens.labels(kind, s.variant) for kind in ("real", "padded"))
+
     def on_run(stats: RunStats) -> None:
         m.batch_size.labels(s.variant).observe(stats.size)
+        real.inc(stats.tokens)
+        padded.inc(stats.size * stats.width)
         m.inference_duration.labels(s.variant).observe(stats.seconds)
         for wait in stats.queue_waits:
             m.queue_wait.labels(s.variant).observe(wait)
@@ -114,6 +118,7 @@ async def load_model(state: AppState) -> None:
         priorities=s.priorities,
         priority_max_wait_s=s.priority_max_wait_ms / 1000,
         on_expired=on_expired,
+        inline=True,  # a lone text runs on the event loop: no thread hand-off
     )
     await batcher.start()
     state.dedup = dedup.build(s, m, classifier.manifest)

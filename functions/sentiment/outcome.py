@@ -20,6 +20,7 @@ class RunStats:
 
     size: int
     width: int
+    tokens: int  # real tokens; size x width are the padded ones
     queue_waits: tuple[float, ...]
     seconds: float
     started_ns: int
