@@ -71,8 +71,7 @@ def stacks(raw: str) -> tuple[collections.Counter[str], collections.Counter[str]
         n = int(count)
         frames = stack.split(";")
         thread = frames[0]
-        name = re.sub(r"\(.*\)", "", thread).replace("thread ", "").strip().strip('"')
-        threads[name or thread] += n
+        threads[thread.split(": ", 1)[-1]] += n  # "thread (TID): NAME"
         leaf = FRAME.match(frames[-1])
         file = leaf["file"].rsplit("/", 2) if leaf else [""]
         leaves[f"{leaf['name']} ({'/'.join(file[-2:])})" if leaf else frames[-1]] += n
