@@ -20,50 +20,60 @@ from functions.sentiment.batching import Batcher, _Item, group_by_length
 from functions.sentiment.cost import MAX_OVERHEAD_TOKENS, CostModel
 from functions.sentiment.lanes import RUN_OVERHEAD_TOKENS
 
+SHAPES = ((1, 8), (1, 30), (1, 64), (1, 250), (4, 30), (8, 64), (16, 40), (2, 250))
 
-def fitted(run_s: float, token_s: float, sizes: Sequence[int] = (8, 30, 64, 200, 640)) -> CostModel:
+
+def fitted(run_s: float, token_s: float, square_s: float = 0.0) -> CostModel:
     model = CostModel()
     for _ in range(8):
-        for tokens in sizes:
-            model.observe(tokens, run_s + token_s * tokens)
+        for windows, width in SHAPES:
+            model.observe(windows, width, run_s + windows * width * (token_s + square_s * width))
     return model
 
 
 def test_the_model_recovers_the_cost_of_the_runs_it_saw() -> None:
-    model = fitted(0.002, 0.0001)
-    assert model.fitted == pytest.approx((0.002, 0.0001))
+    model = fitted(0.002, 0.0001, 2e-7)
+    assert model.fitted == pytest.approx((0.002, 0.0001, 2e-7))
     assert model.overhead_tokens() == 20
-    assert model.seconds(4, 50) == pytest.approx(0.002 + 0.0001 * 200)
+    assert model.seconds(4, 50) == pytest.approx(0.002 + 200 * (0.0001 + 2e-7 * 50))
+    assert model.cost(4, 50) == model.seconds(4, 50)
+
+
+def test_lone_texts_of_different_lengths_measure_the_fixed_cost_too() -> None:
+    # Only lone runs (what a lightly loaded function makes): the width term keeps the long texts'
+    # extra cost per token from hiding the fixed cost of a run.
+    model = CostModel()
+    for _ in range(10):
+        for width in (4, 8, 16, 32, 64, 128, 250):
+            model.observe(1, width, 0.002 + width * (0.0001 + 4e-7 * width))
+    assert model.fitted == pytest.approx((0.002, 0.0001, 4e-7))
 
 
 def test_the_prior_holds_until_the_runs_vary_enough_to_fit() -> None:
     model = CostModel()
     for _ in range(100):
-        model.observe(32, 0.004)  # one shape only: the two terms cannot be told apart
+        model.observe(1, 32, 0.004)  # one shape only: the terms cannot be told apart
     assert model.fitted is None
     assert model.overhead_tokens() == RUN_OVERHEAD_TOKENS
+    assert model.cost(2, 10) == RUN_OVERHEAD_TOKENS + 20
 
 
 def test_the_model_follows_a_machine_that_changes() -> None:
     model = fitted(0.0005, 0.0001)  # quiet: a run's fixed cost is 5 tokens' worth
     assert model.overhead_tokens() == 5
     for _ in range(20):  # contended: waking the threads now costs 4 ms
-        for tokens in (8, 30, 64, 200, 640):
-            model.observe(tokens, 0.004 + 0.0001 * tokens)
+        for windows, width in SHAPES:
+            model.observe(windows, width, 0.004 + 0.0001 * windows * width)
     assert model.overhead_tokens() > 30
 
 
 def test_a_fit_that_makes_tokens_free_is_refused_and_the_overhead_is_capped() -> None:
     model = CostModel()
     for _ in range(20):
-        model.observe(10, 0.010)
-        model.observe(400, 0.005)  # more tokens, less time: noise, not a cost model
+        model.observe(1, 10, 0.010)
+        model.observe(1, 400, 0.005)  # more tokens, less time: noise, not a cost model
     assert model.fitted is None
     assert fitted(0.05, 0.000001).overhead_tokens() == MAX_OVERHEAD_TOKENS
-
-
-def alone_cost(item: _Item, overhead: int) -> int:
-    return overhead + len(item.windows) * item.width
 
 
 @pytest.mark.parametrize("seed", range(20))
@@ -73,8 +83,9 @@ def test_no_run_costs_more_than_its_texts_run_alone(seed: int) -> None:
     rng = random.Random(seed)
     loop = asyncio.new_event_loop()
     try:
-        model = fitted(rng.uniform(0.0002, 0.005), rng.uniform(0.00003, 0.0002))
-        overhead = model.overhead_tokens()
+        model = fitted(
+            rng.uniform(0.0002, 0.005), rng.uniform(0.00003, 0.0002), rng.uniform(0, 1e-6)
+        )
         items = [
             _Item(
                 tuple((1,) * rng.choice((rng.randint(4, 60), rng.randint(100, 256)))
@@ -83,10 +94,11 @@ def test_no_run_costs_more_than_its_texts_run_alone(seed: int) -> None:
             )
             for _ in range(rng.randint(1, 40))
         ]  # fmt: skip
-        for group in group_by_length(items, 32, overhead):
+        for group in group_by_length(items, 32, cost=model.cost):
             windows = sum(len(i.windows) for i in group)
-            run = overhead + windows * max(i.width for i in group)
-            assert run <= sum(alone_cost(i, overhead) for i in group)
+            run = model.cost(windows, max(i.width for i in group))
+            alone = sum(model.cost(len(i.windows), i.width) for i in group)
+            assert run <= alone * (1 + 1e-12)
     finally:
         loop.close()
 

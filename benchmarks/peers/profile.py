@@ -75,7 +75,7 @@ def stacks(raw: str) -> tuple[collections.Counter[str], collections.Counter[str]
         leaf = FRAME.match(frames[-1])
         file = leaf["file"].rsplit("/", 2) if leaf else [""]
         leaves[f"{leaf['name']} ({'/'.join(file[-2:])})" if leaf else frames[-1]] += n
-        if any(f.startswith("run (") and "onnxruntime" in f for f in frames):
+        if any(f.startswith("Session.run (") and "onnxruntime" in f for f in frames):
             if "MainThread" in thread:
                 run_loop += n
             else:
@@ -132,13 +132,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=float, default=2.0)
     p.add_argument("--py-spy", default=shutil.which("py-spy") or "py-spy")
     p.add_argument("--out", type=Path, default=ROOT / "docs")
+    p.add_argument("--note", default="", help="a line for the header (what code was profiled)")
     args = p.parse_args(argv)
     sample = [t for _, t in texts.load(INT8, 1000)]
     system = by_key(["kubesentiment-int8"])[0]
     bodies = [json.dumps(system.body(t)) for t in sample]
     out = [
         f"# py-spy and metrics of kubesentiment-int8 under load ({args.label})",
-        f"# python -m benchmarks.peers.profile {' '.join(argv or [])}".rstrip(),
+        f"# python -m benchmarks.peers.profile --label {args.label} --duration {args.duration:g} "
+        f"--modes {' '.join(args.modes)}",
+        *(f"# {args.note}" for _ in [0] if args.note),
         f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load average "
         f"{os.getloadavg()[0]:.2f} at start",
     ]

@@ -1,4 +1,8 @@
-"""docs/peers.json, docs/peers.md and the charts, from the measured passes.
+"""docs/peers.json, docs/peers.md and the charts, from the measured passes, one part per mode.
+
+peers.json keeps `"modes": {"quiet": {...}, "contended": {...}}`, each with the mode's load, its
+systems' figures, its ceiling and what was not measured in it (`build_mode`); issue 26's goals
+and what could flatter us are judged per mode (goals.py).
 
 Per system the figures are medians over passes (cold start: over every cold run; peak RSS: the
 largest of the passes). `targets()` evaluates the issue's goals for our int8 function against

@@ -237,7 +237,7 @@ class Batcher:
         probs = self._run(windows)
         seconds = time.perf_counter() - started
         width = max(len(w) for w in windows)
-        self.cost.observe(len(windows) * width, seconds)
+        self.cost.observe(len(windows), width, seconds)
         stats = RunStats(
             size=len(windows),
             width=width,
@@ -310,7 +310,7 @@ class Batcher:
 
     async def _run_groups(self, items: list[_Item]) -> None:
         loop = asyncio.get_running_loop()
-        for group in group_by_length(items, self.max_size, self.cost.overhead_tokens()):
+        for group in group_by_length(items, self.max_size, cost=self.cost.cost):
             now = time.monotonic()  # a group may wait for the runs before it: check again
             self._drop([i for i in group if expired(i, now)])
             live = [i for i in group if not i.future.done()]
