@@ -30,6 +30,7 @@ from functions.sentiment.lanes import RUN_OVERHEAD_TOKENS
 
 HALF_LIFE_RUNS = 200
 MIN_RUNS = 16
+REFIT_RUNS = 8
 INLINE_MAX_S = 0.025  # the longest run (by the model) the batcher makes on the event loop
 # Bounds on the fitted ratio: below 0 is noise, above 512 tokens (two long texts) a fit is broken.
 MAX_OVERHEAD_TOKENS = 512
@@ -63,7 +64,8 @@ class CostModel:
         tokens = float(windows * width)
         self._lo, self._hi = min(self._lo, tokens), max(self._hi, tokens)
         self.runs += 1
-        if self.runs >= MIN_RUNS and self._hi >= 2 * self._lo:
+        # Refit every REFIT_RUNS runs: the solve costs tens of microseconds, the runs milliseconds.
+        if self.runs >= MIN_RUNS and self.runs % REFIT_RUNS == 0 and self._hi >= 2 * self._lo:
             self._refit()
 
     def _refit(self) -> None:
