@@ -39,7 +39,7 @@ $(STAMP): pyproject.toml $(LOCKS)
 	ln -sf ../checkov/bin/checkov $(BIN)/checkov
 	touch $@
 
-tools: ## Install the system tools tests use (promtool, prometheus, docker-compose, chromium, docker-registry) when missing
+tools: ## Install the system tools tests use (promtool, prometheus, docker-compose, chromium, docker-registry, stress-ng) when missing
 	@command -v promtool >/dev/null && command -v prometheus >/dev/null || { \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 	    --no-install-recommends prometheus prometheus-alertmanager >/dev/null; }
@@ -58,6 +58,10 @@ tools: ## Install the system tools tests use (promtool, prometheus, docker-compo
 	@command -v docker-registry >/dev/null || { \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 	    --no-install-recommends docker-registry >/dev/null; }
+	@# The fixed background load of `make bench-peers`' contended mode (benchmarks/peers/contention.py).
+	@command -v stress-ng >/dev/null || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    --no-install-recommends stress-ng >/dev/null; }
 
 setup: $(STAMP) tools ## Create .venv with serving, dev and training dependencies, and tools
 
@@ -300,18 +304,22 @@ labelling-screenshot: $(STAMP) tools ## The labelling page in headless Chromium 
 
 # Each peer gets its own venv under build/peers/venvs from benchmarks/peers/requirements-*.txt
 # (created on first use, several minutes; not part of the measured run).
-.PHONY: bench-peers bench-peers-quick capacity capacity-quick
+.PHONY: bench-peers bench-peers-quick profile-peers capacity capacity-quick
+LABEL ?= now
 REGRESSION_BASE ?= 15f4623
 bench-regression: $(STAMP) ## Plain /predict, working tree vs REGRESSION_BASE (git rev) with an A/A control -> docs/regression.json (~3 min)
 	$(PYTHON) -m benchmarks.regression --base $(REGRESSION_BASE)
 	$(PYTHON) -m scripts.readme_perf --write
 
-bench-peers: $(STAMP) ## Peers side by side on the same ONNX model -> docs/peers.{json,md}, charts, README (~20 min)
+bench-peers: $(STAMP) ## Peers side by side on the same ONNX model, quiet and contended (stress-ng: make tools) -> docs/peers.{json,md}, charts, README (~30 min)
 	$(PYTHON) -m benchmarks.peers.run
 	$(PYTHON) -m scripts.readme_perf --write
 
 bench-peers-quick: $(STAMP) ## One short pass of every system (build/peers/quick): checks the harness, not a result
 	$(PYTHON) -m benchmarks.peers.run --quick
+
+profile-peers: $(STAMP) ## py-spy and run metrics of our int8 function at c=1 and c=32, quiet and contended -> docs/profile_$(LABEL).txt (needs py-spy, root)
+	$(PYTHON) -m benchmarks.peers.profile --label $(LABEL)
 
 capacity: $(STAMP) ## Per CPU variant at 1 and 2 CPU-limited cores: req/s within the p99 SLO, Knative concurrency, pods, cost -> docs/capacity.{json,md} (~4 min)
 	$(PYTHON) -m benchmarks.capacity

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from benchmarks.peers import goals
 from benchmarks.peers.report import OURS, table, targets
 from scripts import readme_blocks
 
@@ -33,6 +34,8 @@ def _load(name: str, docs: Path) -> dict[str, Any] | None:
 
 
 def _peers(peers: Mapping[str, Any]) -> list[str]:
+    if "modes" in peers:
+        return _peer_modes(peers)
     m = peers["machine"]
     quick = (
         " (a quick run: one pass, short phases; indicative only)"
@@ -59,6 +62,39 @@ def _peers(peers: Mapping[str, Any]) -> list[str]:
     if peers.get("unavailable"):
         names = ", ".join(sorted(peers["unavailable"]))
         lines += ["", f"Not measured (reasons in docs/peers.md): {names}."]
+    return lines
+
+
+def _peer_modes(peers: Mapping[str, Any]) -> list[str]:
+    m = peers["machine"]
+    quick = (
+        " (a quick run: one pass, short phases; indicative only)"
+        if peers["mode"] == "quick"
+        else ""
+    )
+    lines = [
+        f"Against the peers a user would otherwise deploy, all serving the same int8 ONNX model "
+        f"and tokenizer, each with its own batching (`make bench-peers`, {m['date']}, "
+        f"{m['cores']} cores{quick}; configurations, parity, the text mix, what could flatter us "
+        "and charts in [docs/peers.md](docs/peers.md)), in two modes: a quiet machine, and the "
+        "same machine with a fixed background load (a neighbour pod). One text per request; "
+        "cold start is spawn to first prediction (quiet mode); RSS and CPU cover every process "
+        "a server starts.",
+    ]
+    for name, mode in peers["modes"].items():
+        lines += ["", f"**{name.capitalize()}** ({mode['load']}):", "", *table(mode["systems"])]
+        lines += [
+            "",
+            f"In-process ceiling in this mode: {mode['ceiling_texts_per_s']:,.0f} texts/s. Goals "
+            f"for `{OURS}` (issue 26):",
+            "",
+        ]
+        lines += [
+            f"- {'met' if ok else 'missed'}: {text}" for text, ok in goals.targets(mode["systems"])
+        ]
+    not_run = {**peers.get("unavailable", {}), **peers.get("modes_not_run", {})}
+    if not_run:
+        lines += ["", f"Not measured (reasons in docs/peers.md): {', '.join(sorted(not_run))}."]
     return lines
 
 

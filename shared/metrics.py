@@ -50,6 +50,7 @@ class Metrics:
     cache_enabled: Gauge
     inference_duration: Histogram
     batch_size: Histogram
+    batch_tokens: Counter
     tokens_per_text: Histogram
     predictions: Counter
     truncated: Counter
@@ -179,6 +180,13 @@ class Metrics:
                 "Texts (or chunks) per ONNX run.",
                 ["variant"],
                 buckets=SIZE_BUCKETS,
+                registry=registry,
+            ),
+            batch_tokens=Counter(
+                f"{p}_batch_tokens",
+                "Tokens fed to ONNX runs: `real` (the texts' own) and `padded` (windows x width, "
+                "padding included); padded / real is the padding waste.",
+                ["kind", "variant"],
                 registry=registry,
             ),
             tokens_per_text=Histogram(

@@ -71,3 +71,33 @@ def test_peer_table_and_goals_come_from_peers_json(tmp_path: Path) -> None:
     assert "700 texts/s" in text
     assert "met: throughput c32: 1.71x the best peer (litserve)" in text
     assert "Not measured (reasons in docs/peers.md): mlserver." in text
+
+
+def test_both_peer_modes_reach_the_readme(tmp_path: Path) -> None:
+    ours = {"cold_start_s": 0.41, "p50_ms_c1": 3.5, "p99_ms_c1": 6.0, "rps_c8": 400.0,
+            "rps_c32": 600.0, "rps_c128": 610.0, "p99_ms_c32": 80.0, "rss_mib": 150.0,
+            "cpu_s_per_1k": 3.0, "cpu_s_per_1k_c32": 3.0}  # fmt: skip
+    peer = {**ours, "rps_c32": 350.0, "rps_c128": 360.0, "cpu_s_per_1k_c32": 4.0}
+    busy = {**ours, "rps_c32": 300.0}
+    peers = {
+        "machine": {"date": "2026-12-08", "cores": 2},
+        "mode": "full",
+        "modes": {
+            "quiet": {"load": "none", "systems": {"kubesentiment-int8": ours, "kserve-v1": peer},
+                      "ceiling_texts_per_s": 700.0},
+            "contended": {"load": "stress-ng at 50 %",
+                          "systems": {"kubesentiment-int8": busy, "kserve-v1": peer},
+                          "ceiling_texts_per_s": 500.0},
+        },
+        "unavailable": {"infinity": "exited with 1"},
+    }  # fmt: skip
+    (tmp_path / "peers.json").write_text(json.dumps(peers))
+    text = section(tmp_path)
+    assert "**Quiet** (none):" in text
+    assert "**Contended** (stress-ng at 50 %):" in text
+    assert "| kubesentiment-int8 | 0.41 | 3.50 | 6.00 | 400 | 600 |" in text
+    assert "| kubesentiment-int8 | 0.41 | 3.50 | 6.00 | 400 | 300 |" in text
+    assert "met: throughput c32: 1.71x the best peer (kserve-v1), goal >= 1.3x" in text
+    assert "missed: throughput c32: 0.86x the best peer (kserve-v1), goal >= 1.3x" in text
+    assert "met: CPU s / 1k at c32 3.00 vs lowest peer 4.00 (kserve-v1), goal <=" in text
+    assert "Not measured (reasons in docs/peers.md): infinity." in text

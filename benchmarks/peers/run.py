@@ -1,10 +1,13 @@
 """`make bench-peers`: every system on the same int8 ONNX model, measured the same way.
 
-    python -m benchmarks.peers.run            # full run (~20 min): docs/peers.json, docs/peers.md
+    python -m benchmarks.peers.run            # full run (~30 min): docs/peers.json, docs/peers.md
     python -m benchmarks.peers.run --quick    # one pass, short phases: build/peers/quick/
 
-One server at a time on 127.0.0.1, in rounds: every pass measures every system, and odd passes go
-in reverse order, so drift on the machine does not favour whoever runs first. Per system and pass:
+Two modes (benchmarks/peers/contention.py): quiet, and contended under a fixed background load
+that models a neighbour pod. One server at a time on 127.0.0.1, in rounds: every pass measures
+every system in every mode, and odd passes go in reverse order (modes and systems), so drift on
+the machine does not favour whoever runs first. Cold starts and the parity check are measured in
+the first mode only. Per system and pass:
 cold start (spawn to first correct prediction, `--cold-runs` fresh processes); the last of them
 stays up for the load phases: warm-up, then a fixed duration at concurrency 1 and each of
 `--levels`, driven by benchmarks.peers.loadgen in its own process. Peak RSS is the largest summed
@@ -30,7 +33,7 @@ from typing import Any
 
 import httpx
 
-from benchmarks.peers import ceiling, procs, report, texts, venvs
+from benchmarks.peers import ceiling, contention, procs, report, texts, venvs
 from benchmarks.peers.engine import Engine
 from benchmarks.peers.systems import INT8, System, by_key
 from loadtests.local import ROOT, LocalFunction
@@ -102,11 +105,15 @@ def load(
 
 
 def measure(
-    system: System, args: argparse.Namespace, sample: list[str], tmp: Path, check: bool
-) -> dict[str, Any]:
-    """One pass over one system: cold starts, then the last of those servers takes the load."""
+    system: System, args: argparse.Namespace, sample: list[str], tmp: Path, *, check: bool,
+    cold_runs: int,
+) -> dict[str, Any]:  # fmt: skip
+    """One pass over one system: cold starts, then the last of those servers takes the load.
+
+    Each concurrency level is its own load-generator run, so the server's CPU time is read
+    around each level (`cpu_s_per_1k_c{n}`) as well as across all of them (`cpu_s_per_1k`)."""
     out: dict[str, Any] = {"cold_start_s": []}
-    for _ in range(args.cold_runs - 1):
+    for _ in range(cold_runs - 1):
         function = start(system, tmp, args.peer_batch)
         try:
             out["cold_start_s"].append(first_prediction(function, system, sample[0], 300))
@@ -121,15 +128,18 @@ def measure(
         bodies = [json.dumps(system.body(t)) for t in sample]
         c1 = {"concurrency": 1, "warmup_s": args.warmup, "duration_s": args.duration}
         out["c1"] = load(function.base_url, system, bodies, [c1], tmp)[0]
-        phases = [{**c1, "concurrency": c} for c in args.levels]
-        cpu0 = procs.cpu_seconds(function.process.pid)
-        out["levels"] = load(function.base_url, system, bodies, phases, tmp)
-        cpu = procs.cpu_seconds(function.process.pid) - cpu0
+        out["levels"], cpu, answered = [], 0.0, 0
+        for c in args.levels:
+            cpu0 = procs.cpu_seconds(function.process.pid)
+            (level,) = load(function.base_url, system, bodies, [{**c1, "concurrency": c}], tmp)
+            spent = procs.cpu_seconds(function.process.pid) - cpu0
+            level["cpu_s_per_1k"] = spent / level["ok_total"] * 1000 if level["ok_total"] else None
+            out["levels"].append(level)
+            cpu, answered = cpu + spent, answered + level["ok_total"]
         if function.process.poll() is not None:
             raise RuntimeError(
                 f"exited with {function.process.returncode} under load:\n{function.log_tail()}"
             )
-        answered = sum(r["ok_total"] for r in out["levels"])
         out["cpu_s_per_1k"] = cpu / answered * 1000 if answered else None
     finally:
         out["rss_mib"] = rss.stop()
@@ -173,6 +183,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--check", type=int, default=60, help="texts checked against the reference")
     p.add_argument("--only", nargs="+", help="system keys (default: all)")
     p.add_argument(
+        "--quick-ceiling", action="store_true", help="the ceiling on 256 texts, not 1,024"
+    )
+    p.add_argument(
+        "--modes", nargs="+", choices=sorted(contention.MODES), default=["quiet", "contended"],
+        help="measuring conditions, in this order (benchmarks/peers/contention.py)",
+    )  # fmt: skip
+    p.add_argument(
         "--peer-batch", type=int, default=0, help="peers' max batch (0: the ceiling's best padded)"
     )
     p.add_argument(
@@ -186,6 +203,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+ERRORS = (RuntimeError, subprocess.SubprocessError, httpx.HTTPError, KeyError, ValueError, OSError)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.monotonic()
@@ -194,9 +214,19 @@ def main(argv: list[str] | None = None) -> int:
     dist = texts.distribution(pairs, INT8)
     print("texts (tokens per text, special tokens included):\n" + texts.describe(dist), flush=True)
     sample = [t for _, t in pairs]
-    best = ceiling.measure(INT8, sample, quick=args.quick)
-    print(f"in-process ceiling, texts/s: {best}", flush=True)
-    args.peer_batch = args.peer_batch or best["best_padded_batch"]
+    modes = [contention.MODES[m] for m in args.modes]
+    skipped = {m.name: why for m in modes if (why := m.available()) is not None}
+    modes = [m for m in modes if m.name not in skipped]
+    ceilings: dict[str, dict[str, Any]] = {}
+    for mode in modes:
+        with contention.background(mode):
+            ceilings[mode.name] = ceiling.measure(
+                INT8, sample, quick=args.quick or args.quick_ceiling
+            )
+        print(f"{mode.name}: in-process ceiling, texts/s: {ceilings[mode.name]}", flush=True)
+    # The peers' batch size comes from the quiet ceiling, the same in every mode.
+    first = ceilings[modes[0].name] if modes else {"best_padded_batch": 32}
+    args.peer_batch = args.peer_batch or first["best_padded_batch"]
     systems = by_key(args.only)
     unavailable: dict[str, str] = {}
     for peer in sorted({s.venv for s in systems if s.venv}):
@@ -204,45 +234,44 @@ def main(argv: list[str] | None = None) -> int:
             unavailable.update({s.key: why for s in systems if s.venv == peer})
     info["setup_seconds"] = round(time.monotonic() - started)
     print(f"venvs ready after {info['setup_seconds']} s", flush=True)
-    failures: dict[str, str] = {}
-    passes: dict[str, list[dict[str, Any]]] = {
-        s.key: [] for s in systems if s.key not in unavailable
+    failures: dict[str, dict[str, str]] = {m.name: {} for m in modes}
+    passes: dict[str, dict[str, list[dict[str, Any]]]] = {
+        m.name: {s.key: [] for s in systems if s.key not in unavailable} for m in modes
     }
-    measured = Progress(args.passes * len(passes), "peers", unit="run")
+    order = [s for s in systems if s.key not in unavailable]
+    measured = Progress(args.passes * len(modes) * len(order), "peers", unit="run")
     with tempfile.TemporaryDirectory(prefix="peers-") as tmp, measured as shown:
         for n in range(args.passes):
-            order = [s for s in systems if s.key in passes]
-            for system in order if n % 2 == 0 else order[::-1]:
-                if system.key in unavailable:
-                    continue
-                print(f"pass {n + 1}: {system.key} ...", flush=True)
-                try:
-                    result = measure(system, args, sample, Path(tmp), check=n == 0)
-                except (
-                    RuntimeError,
-                    subprocess.SubprocessError,
-                    httpx.HTTPError,
-                    KeyError,
-                    ValueError,
-                    OSError,
-                ) as e:
-                    failures[system.key] = f"pass {n + 1}: {type(e).__name__}: {str(e)[-600:]}"
-                    print(f"  {system.key} failed: {failures[system.key]}", flush=True)
-                    shown.update(1, f"pass {n + 1}: {system.key} failed")
-                    continue
-                passes[system.key].append(result)
-                print("  " + report.one_line(result), flush=True)
-                shown.update(1, f"pass {n + 1}: {system.key}")
+            # Modes and systems alternate: odd passes run both lists in reverse.
+            for mode in modes if n % 2 == 0 else modes[::-1]:
+                for system in order if n % 2 == 0 else order[::-1]:
+                    print(f"pass {n + 1}, {mode.name}: {system.key} ...", flush=True)
+                    # Cold starts and parity are measured once, in the first mode's passes.
+                    quiet = mode is modes[0]
+                    try:
+                        with contention.background(mode):
+                            result = measure(
+                                system, args, sample, Path(tmp), check=n == 0 and quiet,
+                                cold_runs=args.cold_runs if quiet else 1,
+                            )  # fmt: skip
+                    except ERRORS as e:
+                        why = f"pass {n + 1}: {type(e).__name__}: {str(e)[-600:]}"
+                        failures[mode.name][system.key] = why
+                        print(f"  {system.key} failed: {why}", flush=True)
+                        shown.update(1, f"pass {n + 1}, {mode.name}: {system.key} failed")
+                        continue
+                    passes[mode.name][system.key].append(result)
+                    print("  " + report.one_line(result), flush=True)
+                    shown.update(1, f"pass {n + 1}, {mode.name}: {system.key}")
     info["seconds"] = round(time.monotonic() - started)
-    # A system with no successful pass is reported as unavailable, with why; one that failed in
-    # one pass only keeps its other passes, and the failure is listed too.
-    for key, why in failures.items():
-        if passes.get(key):
-            info.setdefault("failed_passes", {})[key] = why
-        else:
-            unavailable[key] = why
     command = "python -m benchmarks.peers.run" + (" " + " ".join(argv) if argv else "")
-    results = report.build(info, dist, args, systems, passes, unavailable, best, command)
+    per_mode = {
+        m.name: report.build_mode(
+            m, args, systems, passes[m.name], failures[m.name], ceilings[m.name]
+        )
+        for m in modes
+    }
+    results = report.build(info, dist, args, per_mode, unavailable, skipped, command)
     report.write(results, args.out)
     print((args.out / "peers.md").read_text())
     print(f"total {info['seconds']} s", flush=True)

@@ -35,6 +35,11 @@ def _v2(answer: Any) -> tuple[str, float]:
     return str(outputs["label"]["data"][0]), float(probs[LABELS.index("positive")])
 
 
+def _infinity(answer: Any) -> tuple[str, float]:
+    scores = {s["label"]: float(s["score"]) for s in answer["data"][0]}
+    return max(scores, key=scores.__getitem__), scores["positive"]
+
+
 def _v2_body(text: str) -> dict[str, Any]:
     return {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [text]}]}
 
@@ -160,6 +165,20 @@ def all_systems() -> list[System]:
             "(default), debug and access logging off; uvloop 0.21 pinned (see requirements)",
             venv="mlserver",
             module="benchmarks.peers.servers.mlserver_runtime",
+        ),
+        System(
+            "infinity",
+            "Infinity (infinity-emb), optimum ONNX classifier",
+            "/classify",
+            lambda t: {"input": [t], "model": "sentiment"},
+            _infinity,
+            "`infinity_emb v2 --engine optimum --device cpu --batch-size {batch}` (default 32) "
+            "on a Hugging Face folder made from our model files; start-up warm-up off (its "
+            "514-token warm-up text exceeds this graph's 512 positions), vector disk cache off; "
+            "ONNX Runtime session options are optimum's defaults; its queue sorts texts by length "
+            "(benchmarks/peers/servers/infinity_server.py)",
+            venv="infinity",
+            module="benchmarks.peers.servers.infinity_server",
         ),
         System(
             "fastapi-naive",

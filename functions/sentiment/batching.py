@@ -2,8 +2,8 @@
 
 One worker owns the inference thread. When it is free it takes every text already queued (up to
 BATCH_MAX_SIZE windows), so a request that arrives at an idle worker runs at once; a single text
-that finds the worker idle and nothing queued or expected skips the worker and runs straight on
-the inference thread, so the lone-request path costs what it costs with batching off. Texts that
+that finds the worker idle and nothing queued or expected skips the worker and runs at once, on the
+event loop itself with `inline` (no thread hand-off, like a one-run-per-request server). Texts that
 arrive while a run is busy pile up and share the next run. Requests announce themselves while
 they are being tokenized (`expecting()`); only while announced texts are on their way and the
 batch is not full does the worker wait, up to BATCH_MAX_WAIT_MS, for them to join. Under load that
@@ -11,7 +11,8 @@ turns "one lone text, then everybody else" into one full run; a lone request, ev
 texts, never waits, because nothing else is expected.
 
 A taken batch is sorted by token count and split where the padding saved outweighs the cost of
-one more run, so short texts do not pay for a long neighbour's padding. Admission is bounded:
+one more run, as measured on the recent runs (cost.CostModel): no text pays a long neighbour's
+padding beyond what its own run would have cost. Admission is bounded:
 beyond MAX_QUEUED_TEXTS a submit raises `Overloaded` (429) at once instead of growing memory (a
 single request larger than the limit is still admitted when nothing else is queued, so it is never
 refused forever), and after `drain()` starts it raises `NotReady` (503) while everything already
@@ -37,18 +38,63 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
+from functions.sentiment.cost import CostModel
 from functions.sentiment.lanes import NORMAL, Lanes, expired, settle
 from functions.sentiment.lanes import RUN_OVERHEAD_TOKENS as RUN_OVERHEAD_TOKENS
 from functions.sentiment.lanes import Item as _Item
 from functions.sentiment.lanes import group_by_length as group_by_length
-from functions.sentiment.outcome import Outcome, Probabilities, RunFn, RunStats, Window
 from shared.errors import DeadlineExceeded, NotReady, Overloaded
 
 __all__ = ["RUN_OVERHEAD_TOKENS", "Batcher", "Outcome", "RunStats", "_Item", "group_by_length"]
 
 log = logging.getLogger("kubesentiment.batching")
+
+# What a run returns: per-run statistics and a submit's outcome (also used by the request core and
+# the lifecycle's metrics hook).
+Probabilities = np.ndarray[Any, np.dtype[np.float32]]
+Window = Sequence[int]
+RunFn = Callable[[list[Window]], Probabilities]
+
+
+@dataclass(frozen=True)
+class RunStats:
+    """What one ONNX run did, for metrics and tracing (times in ns since the epoch)."""
+
+    size: int
+    width: int
+    tokens: int  # real tokens; size x width are the padded ones
+    queue_waits: tuple[float, ...]
+    seconds: float
+    started_ns: int
+    ended_ns: int
+    cpu_seconds: float = 0.0  # process CPU time during the run (ORT's threads included)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A submit's answer: probabilities per text, and when its texts were queued and run."""
+
+    probabilities: list[Probabilities]
+    enqueued_ns: int
+    started_ns: int
+    ended_ns: int
+    batch_size: int
+    cpu_seconds: float = 0.0  # this submit's share of its runs' CPU time, by windows
+
+    @property
+    def queue_seconds(self) -> float:
+        """Time from submit to the start of the first run that held one of its texts."""
+        return max(0, self.started_ns - self.enqueued_ns) / 1e9
+
+    @property
+    def inference_seconds(self) -> float:
+        """Time from the first run's start to the last run's end."""
+        return max(0, self.ended_ns - self.started_ns) / 1e9
 
 
 class Batcher:
@@ -67,6 +113,7 @@ class Batcher:
         priorities: bool = True,
         priority_max_wait_s: float = 0.5,
         on_expired: Callable[[int, int], None] | None = None,
+        inline: bool = False,
     ) -> None:
         self._run = run
         self.enabled = enabled
@@ -87,6 +134,12 @@ class Batcher:
         self._free = asyncio.Event()  # clear while a fast-path run holds the inference thread
         self._free.set()
         self._taken: list[_Item] = []  # items the worker holds (taken from the queue, not answered)
+        self.cost = CostModel()  # measured per-run and per-token cost: how runs are split
+        # A lone text runs on the event loop itself (no thread hand-off, as a one-run-per-request
+        # server does) when `inline`; else on the inference thread (one hand-off there and back).
+        self.inline = inline
+        self.inline_runs = 0  # runs made on the event loop
+        self.handoffs = 0  # runs handed to the inference thread
 
     async def start(self) -> None:
         """Start the worker (call from the running event loop)."""
@@ -144,13 +197,19 @@ class Batcher:
                 and self.lanes.empty()
                 and not self.expected
             ):
-                # Fast path: one text, an idle worker and nobody to batch with. Run it at once
-                # on the inference thread, skipping the worker's hand-offs (the single-request
-                # latency stays that of batching off). Arrivals meanwhile wait in the queue and
-                # share the next run.
+                # Fast path: one text, an idle worker, no run in flight and nobody to batch with.
+                # Run it at once, skipping the worker's hand-offs: inline, on the event loop
+                # (what a one-run-per-request server pays), or on the inference thread.
+                # Arrivals meanwhile wait in the queue and share the next run.
                 self._free.clear()
                 try:
-                    results = await self._run_alone(windows, deadline, priority)
+                    # Only a run measured to be short: a long one would keep the loop from
+                    # reading requests (priorities, deadlines, probes) while it runs.
+                    if self.inline and self.cost.short(windows[0]):
+                        self.inline_runs += 1
+                        results = [self._timed_run(list(windows[0]), (time.perf_counter(),))]
+                    else:
+                        results = await self._run_alone(windows, deadline, priority)
                 finally:
                     self._free.set()
             else:
@@ -207,6 +266,7 @@ class Batcher:
                 end += 1
             part = windows[start:end]
             flat = [w for text in part for w in text]
+            self.handoffs += 1
             probs, stats = await loop.run_in_executor(
                 self._executor, self._timed_run, flat, (enqueued,) * len(part)
             )
@@ -225,9 +285,12 @@ class Batcher:
         probs = self._run(windows)
         seconds = time.perf_counter() - started
         cpu = time.process_time() - cpu
+        width = max(len(w) for w in windows)
+        self.cost.observe(len(windows), width, seconds)
         stats = RunStats(
             size=len(windows),
-            width=max(len(w) for w in windows),
+            width=width,
+            tokens=sum(len(w) for w in windows),
             queue_waits=tuple(started - e for e in enqueued),
             seconds=seconds,
             started_ns=started_ns,
@@ -297,13 +360,14 @@ class Batcher:
 
     async def _run_groups(self, items: list[_Item]) -> None:
         loop = asyncio.get_running_loop()
-        for group in group_by_length(items, self.max_size):
+        for group in group_by_length(items, self.max_size, cost=self.cost.cost):
             now = time.monotonic()  # a group may wait for the runs before it: check again
             self._drop([i for i in group if expired(i, now)])
             live = [i for i in group if not i.future.done()]
             if not live:
                 continue
             flat = [w for i in live for w in i.windows]
+            self.handoffs += 1
             try:
                 probs, stats = await loop.run_in_executor(
                     self._executor, self._timed_run, flat, tuple(i.enqueued for i in live)

@@ -24,10 +24,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import Scope
 
 from functions.sentiment import monitoring
-from functions.sentiment.batching import Batcher
+from functions.sentiment.batching import Batcher, Outcome
 from functions.sentiment.context import route_template, timings, usage
 from functions.sentiment.lanes import NORMAL, settle
-from functions.sentiment.outcome import Outcome
 from shared.auth import KEY_SCOPE
 from shared.config import Settings
 from shared.errors import ApiError, DeadlineExceeded, InternalError, NotReady, Overloaded

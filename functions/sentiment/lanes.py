@@ -126,18 +126,24 @@ RUN_OVERHEAD_TOKENS = 16
 
 
 def group_by_length(
-    items: list[Item], max_size: int, overhead: int = RUN_OVERHEAD_TOKENS
+    items: list[Item],
+    max_size: int,
+    overhead: int = RUN_OVERHEAD_TOKENS,
+    cost: Callable[[int, int], float] | None = None,
 ) -> list[list[Item]]:
     """Split items, sorted by length, into runs of at most `max_size` windows with similar widths.
 
     A run is padded to its longest window, and its cost grows with windows x width, so the split
     that minimises total padded tokens plus `overhead` per run is found exactly (dynamic
     programming over the sorted items, O(n x max_size)): short texts no longer pay for a long
-    neighbour's padding, and a batch of near-equal texts stays one run.
+    neighbour's padding, and a batch of near-equal texts stays one run. `cost(windows, width)`,
+    when given, replaces `overhead + windows x width` (the batcher's measured cost.CostModel).
     """
+    if cost is None:
+        cost = lambda windows, width: overhead + windows * width  # noqa: E731
     ordered = sorted(items, key=lambda i: i.width)
     n = len(ordered)
-    best = [0] * (n + 1)  # best[k]: cost of the first k items
+    best = [0.0] * (n + 1)  # best[k]: cost of the first k items
     cut = [0] * (n + 1)  # where the last group of the first k items starts
     for end in range(1, n + 1):
         width = ordered[end - 1].width  # the widest of any group ending here
@@ -147,9 +153,9 @@ def group_by_length(
             windows += len(ordered[begin].windows)
             if windows > max_size and begin < end - 1:
                 break
-            cost = best[begin] + overhead + windows * width
-            if best[end] < 0 or cost < best[end]:
-                best[end], cut[end] = cost, begin
+            total = best[begin] + cost(windows, width)
+            if best[end] < 0 or total < best[end]:
+                best[end], cut[end] = total, begin
     groups: list[list[Item]] = []
     end = n
     while end > 0:

@@ -32,10 +32,9 @@ from typing import TYPE_CHECKING
 from starlette.concurrency import run_in_threadpool
 
 from functions.sentiment import coldstart, dedup, preload
-from functions.sentiment.batching import Batcher
+from functions.sentiment.batching import Batcher, RunStats
 from functions.sentiment.core import AppState
 from functions.sentiment.lanes import LANE_NAMES
-from functions.sentiment.outcome import RunStats
 from shared import modelstore
 from shared.registry import RegistryUnavailable
 from shared.vault import SecretError
@@ -103,8 +102,12 @@ async def load_model(state: AppState) -> None:
         if phases is not None:
             phases.mark("warmup")
 
+    real, padded = (m.batch_tokens.labels(kind, s.variant) for kind in ("real", "padded"))
+
     def on_run(stats: RunStats) -> None:
         m.batch_size.labels(s.variant).observe(stats.size)
+        real.inc(stats.tokens)
+        padded.inc(stats.size * stats.width)
         m.inference_duration.labels(s.variant).observe(stats.seconds)
         for wait in stats.queue_waits:
             m.queue_wait.labels(s.variant).observe(wait)
@@ -125,6 +128,7 @@ async def load_model(state: AppState) -> None:
         priorities=s.priorities,
         priority_max_wait_s=s.priority_max_wait_ms / 1000,
         on_expired=on_expired,
+        inline=True,  # a lone text runs on the event loop: no thread hand-off
     )
     await batcher.start()
     state.dedup = dedup.build(s, m, classifier.manifest)
