@@ -3,13 +3,14 @@ README block."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from benchmarks import ceiling
-from benchmarks.ceiling import BASELINE, OPTIONS, ROOT, summarize
+from benchmarks.ceiling import BASELINE, OPTIONS, RESULTS, ROOT, readme_section, summarize
 from functions.sentiment.model import Classifier
 
 
@@ -45,7 +46,27 @@ def test_ratios_are_per_pass_and_adoption_needs_the_gate_and_more_than_the_aa_sp
     assert not rows["fp32"]["adoptable"]  # the gate refused it
     assert not rows["dynamic-int8-unfused"]["adoptable"]  # within the A/A spread
     assert not rows[BASELINE]["adoptable"]
-    assert "static-int8" in ceiling.decide(rows)
+
+
+def test_the_adopted_option_is_servable_and_no_larger_than_the_served_file() -> None:
+    def row(ratio: float, mib: float, adoptable: bool = True) -> dict[str, Any]:
+        return {"ratio": ratio, "model_mib": mib, "adoptable": adoptable}
+
+    rows = {
+        BASELINE: row(1.0, 21.8, adoptable=False),
+        "static-int8": row(1.3, 63.4),
+        "dynamic-int8-unfused": row(1.2, 21.9),
+        "openvino-static-int8": row(1.5, 21.0),  # another runtime than the serving stack's
+    }
+    assert ceiling.decide(rows).startswith("`dynamic-int8-unfused` (1.20x")
+    del rows["dynamic-int8-unfused"]
+    refused = ceiling.decide(rows)
+    assert refused.startswith("none")
+    assert "`static-int8`" in refused
+    assert "63 MiB" in refused
+    rows["static-int8"]["adoptable"] = False
+    assert ceiling.decide(rows).startswith("none")
+    assert "A/A spread" in ceiling.decide(rows)
 
 
 def test_the_worker_scores_as_the_served_classifier_does() -> None:
@@ -56,6 +77,17 @@ def test_the_worker_scores_as_the_served_classifier_does() -> None:
     for (label, score), p in zip(rows, classifier.predict(texts), strict=True):
         assert classifier.labels[int(label)] == p.label
         assert abs(score - (p.score or 0.0)) < 1e-5
+
+
+def test_readme_ceiling_block_and_table_come_from_the_results_file() -> None:
+    result = json.loads(RESULTS.read_text())
+    stale = "stale ceiling figures: run python -m benchmarks.ceiling --readme"
+    assert readme_section(result) in (ROOT / "README.md").read_text(), stale
+    assert readme_section(result) in ceiling.TABLE.read_text(), stale
+    assert set(result["options"]) == {o.key for o in OPTIONS}
+    for row in result["options"].values():
+        assert "sets" in row["gate"] or "error" in row["gate"]
+    assert ceiling.details(result) in ceiling.TABLE.read_text(), stale
 
 
 @pytest.mark.slow
