@@ -328,6 +328,12 @@ capacity: $(STAMP) ## Per CPU variant at 1 and 2 CPU-limited cores: req/s within
 capacity-quick: $(STAMP) ## Short capacity levels (build/peers/capacity-quick): checks the planner, not a result
 	$(PYTHON) -m benchmarks.capacity --quick --out build/peers/capacity-quick
 
+# The OpenVINO options run in their own venv (build/ceiling/venv-openvino, from
+# benchmarks/requirements-openvino.txt: onnxruntime-openvino replaces onnxruntime), created on first use.
+.PHONY: ceiling
+ceiling: $(STAMP) ## In-process ceiling per model build and provider (static int8, fusions, OpenVINO), alternating with an A/A twin, each gated -> docs/ceiling.{json,md}, README (~40 min)
+	$(PYTHON) -m benchmarks.ceiling
+
 .PHONY: soak soak-short redelivery
 SOAK_ARGS ?=
 soak: $(STAMP) ## Soak: k6 at 20 req/s for 30 min (/predict + CloudEvents with redeliveries), RSS/fds/threads sampled each minute, p99 per minute; fails on RSS growth > 20 MiB/h -> docs/soak.json

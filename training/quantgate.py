@@ -152,13 +152,17 @@ def committed_record(fp32: modeldir.Manifest, int8: modeldir.Manifest) -> dict[s
     return check(accuracies(fp32), accuracies(int8))
 
 
-def command(src: Path, out: Path, gate_data: Path | None, no_gate: bool) -> modeldir.Manifest:
-    """`python -m training.export int8`: gated quantization, a one-line error when refused."""
+def command(
+    src: Path, out: Path, gate_data: Path | None, no_gate: bool, static: bool = False
+) -> modeldir.Manifest:
+    """`python -m training.export int8`: gated quantization, a one-line error when refused;
+    `static`: calibrated static int8 (`derive_int8_static`) instead of dynamic."""
     from training import labelled
-    from training.export import derive_int8
+    from training.export import derive_int8, derive_int8_static
 
+    quantize = derive_int8_static if static else derive_int8
     if no_gate:
-        m = derive_int8(src, out)
+        m = quantize(src, out)
         extra = {**m.extra, "quantization_gate": {"skipped": True}}
         return modeldir.write_manifest(out, modeldir.Manifest(**{**m.__dict__, "extra": extra}))
     try:
@@ -168,7 +172,7 @@ def command(src: Path, out: Path, gate_data: Path | None, no_gate: bool) -> mode
             rows = labelled.read_rows(gate_data)
             texts, labels = [r.text for r in rows], [r.label for r in rows]
             measure = labelled_measure(gate_data.name, texts, labels)
-        m = derive_int8_gated(src, out, measure)
+        m = derive_int8_gated(src, out, measure, quantize)
     except (QuantizationRefused, labelled.DataError) as e:
         print(f"export int8: {e}", file=sys.stderr)
         raise SystemExit(1) from e
