@@ -14,10 +14,12 @@ MODEL_VERSION := 1.1.0
 DEFAULT_MODEL := $(MODELS)/minilm-sentiment-int8
 PORT ?= 8080
 
-.PHONY: help setup tools lock lint serve test test-unit train export eval latency fp16 coldstart clean
+##@ Set up, serve and test
+.PHONY: help tools setup lock lint serve test clean client-wheel
 
-help: ## List the targets
-	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+help: ## List the targets, under their headings
+	@awk 'BEGIN { FS = ":.*## " } /^##@ / { printf "\n%s\n", substr($$0, 5); next } \
+	  /^[a-z0-9-]+:.*## / { printf "  %-22s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
 
 # Locks, one per dependency group (`make lock` refreshes them from pyproject.toml). serving and
 # dev are hashed and go in together; train is pinned without hashes (see its header) and is
@@ -92,6 +94,17 @@ serve: $(STAMP) ## Serve the default int8 model on http://127.0.0.1:8080
 test: $(STAMP) tools ## Run every test (unit, integration with real servers, k6 smoke)
 	$(PYTHON) -m pytest
 
+clean: ## Remove build output and caches (keeps .venv)
+	rm -rf build .pytest_cache .mypy_cache .ruff_cache
+
+# The batch client as its own small distribution (clients/kubesentiment-client): httpx, the
+# CloudEvents SDK and tqdm, without the serving stack. README: "Install".
+client-wheel: $(STAMP) ## The kubesentiment-client wheel (the batch client without ONNX Runtime, tokenizers, numpy) -> build/client/
+	$(PYTHON) -m scripts.client_wheel --out build/client
+
+##@ Train and evaluate the default model
+.PHONY: train export eval lodo lodo-repeat mpnet latency fp16
+
 # The default distils the accurate model: its top layers label the rows whose lower-layer
 # outputs the accurate recipe caches (training/distill.py). Both files are built on first use.
 ACCURATE_CACHE := build/accurate/cache.pt
@@ -137,6 +150,9 @@ fp16: $(STAMP) ## fp16 of the default model from its fp32 (not committed; the GP
 	$(PYTHON) -m training.export fp16 --src $(MODELS)/minilm-sentiment-fp32 \
 	  --out $(MODELS)/minilm-sentiment-fp16
 
+##@ The accurate and GPU variants
+.PHONY: accurate train-accurate eval-accurate lodo-accurate accurate-fp16
+
 # The accurate variant (all-mpnet-base-v2): only its trained top layers are committed
 # (ACCURATE_CKPT); the served directories are built here (too large for git, see .gitignore).
 # File targets: each is rebuilt only when its input is newer (`make -B accurate` forces it); the
@@ -145,7 +161,6 @@ ACCURATE_CKPT := $(MODELS)/mpnet-sentiment-checkpoint
 ACCURATE_FP32 := $(MODELS)/mpnet-sentiment-fp32
 ACCURATE_INT8 := $(MODELS)/mpnet-sentiment-int8
 ACCURATE_FP16 := $(MODELS)/mpnet-sentiment-fp16
-.PHONY: accurate accurate-fp16 train-accurate eval-accurate lodo-accurate
 accurate: $(ACCURATE_INT8)/manifest.json ## Build the accurate variant (fp32 + gated int8) from its checkpoint; fetches all-mpnet-base-v2 on first use
 
 $(ACCURATE_INT8)/manifest.json: $(wildcard $(ACCURATE_CKPT)/*) | $(STAMP)
@@ -173,7 +188,9 @@ $(ACCURATE_FP16)/manifest.json: $(ACCURATE_INT8)/manifest.json | $(STAMP)
 	$(PYTHON) -m training.export fp16 --src $(ACCURATE_FP32) \
 	  --out $(ACCURATE_FP16)
 
-.PHONY: finetune finetune-demo
+##@ Adapt to a domain and ship the model
+.PHONY: finetune finetune-demo adapt-curve adapt-job adapt-demo model-push coldstart-uri
+
 finetune: $(STAMP) ## Fine-tune on your labelled CSV/JSONL: make finetune DATA=FILE OUT=DIR [BASE=DIR]
 	@test -n "$(DATA)" && test -n "$(OUT)" || { \
 	  echo "usage: make finetune DATA=FILE OUT=DIR [BASE=DIR]  (FILE: CSV/JSONL, text + label)" >&2; \
@@ -192,7 +209,6 @@ finetune-demo: $(STAMP) ## make finetune on 1,000 Rotten Tomatoes reviews the de
 
 # Adaptation (training/adapt.py): the learning curve on a held-out domain, and the JobSink adapt
 # job run by hand on a mounted event (the adapt image runs the same module).
-.PHONY: adapt-curve adapt-job
 adapt-curve: $(STAMP) ## Learning curve of the adaptation recipe on held-out drug reviews: 25-500 labels x 3 seeds -> docs/adapt_curve.json, README (~10 min)
 	$(PYTHON) -m training.adapt_curve --out docs/adapt_curve.json
 	$(PYTHON) -m scripts.readme_model --write
@@ -205,23 +221,12 @@ adapt-job: $(STAMP) ## Run the adapt job once: make adapt-job EVENT=event.json D
 
 # The whole loop on this machine (scripts/adapt_demo.py): serve, log, sample, label from the
 # reviews' own ratings, adapt, publish to a local registry, serve from it, score before/after.
-.PHONY: adapt-demo adapt-loop-picture
 adapt-demo: $(STAMP) tools ## The adaptation loop end to end on held-out drug reviews -> docs/adapt_demo.txt, README (~1 min)
 	echo "# $$(nproc) CPU cores, $$(date -u +%F)" > docs/adapt_demo.txt
 	$(PYTHON) -m scripts.adapt_demo --labels 300 | tee -a docs/adapt_demo.txt
 	$(PYTHON) -m scripts.adapt_demo --readme
 
-adapt-loop-picture: ## docs/adapt_loop.png from docs/adapt_loop.dot (Graphviz `dot`, Debian's graphviz)
-	command -v dot >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
-	  apt-get install -y -qq --no-install-recommends graphviz >/dev/null; }
-	dot -Tpng -Gdpi=110 docs/adapt_loop.dot -o docs/adapt_loop.png
-
-coldstart: $(STAMP) ## Cold start (spawn to first /predict), peak RSS and where the time goes -> docs/coldstart.json
-	$(PYTHON) -m benchmarks.coldstart --runs 5 $(DEFAULT_MODEL) --out docs/coldstart.json
-	$(PYTHON) -m scripts.readme_perf --write
-
 # Models from a registry (MODEL_URI): push a model directory, measure the cold start with a pull.
-.PHONY: model-push coldstart-uri
 model-push: $(STAMP) ## Push a model directory as an OCI artifact: make model-push DIR=models/... REF=oci://HOST:PORT/REPO:TAG (prints the pinned URI)
 	@test -n "$(DIR)" && test -n "$(REF)" || { \
 	  echo "usage: make model-push DIR=MODEL_DIR REF=oci://HOST[:PORT]/REPO[:TAG]" >&2; exit 2; }
@@ -231,10 +236,9 @@ coldstart-uri: $(STAMP) tools ## Cold start with the model pulled from a local r
 	$(PYTHON) -m benchmarks.coldstart --model-uri --runs 5 $(DEFAULT_MODEL) --out docs/coldstart.json
 	$(PYTHON) -m scripts.readme_perf --write
 
-clean: ## Remove build output and caches (keeps .venv)
-	rm -rf build .pytest_cache .mypy_cache .ruff_cache
+##@ Images and deployment
+.PHONY: image image-accurate image-gpu deploy-check kserve-schema kserve-test
 
-.PHONY: image image-accurate image-gpu deploy-check
 image: ## Build the CPU int8 image with Debian's Docker engine, run it as non-root, report size and cold start (root; ~5-7 min)
 	bash scripts/build_image.sh
 
@@ -251,14 +255,15 @@ image-gpu: accurate-fp16 ## GPU fp16 image of the accurate model (needs a CUDA b
 deploy-check: $(STAMP) ## Render + strictly validate Knative overlays, Terraform parse/fmt/checkov, rollout tests
 	$(PYTHON) -m pytest tests/test_deploy_*.py
 
-.PHONY: kserve-schema kserve-test
 kserve-schema: $(STAMP) ## Rewrite knative/kserve/crd-schemas.json from the official KServe CRDs in ../shared/kserve
 	$(PYTHON) -m scripts.kserve_schema
 
 kserve-test: $(STAMP) ## KServe manifests (schemas, consistency) and the function run as the KServe runtime starts it, with tritonclient
 	$(PYTHON) -m pytest tests/test_deploy_kserve.py tests/test_kserve_runtime.py
 
-.PHONY: rules-test observability k6 bench-baseline bench-batching
+##@ Observability
+.PHONY: rules-test observability
+
 rules-test: tools ## Check and unit-test the Prometheus rules and the Alertmanager config
 	promtool check rules observability/prometheus/*.yml
 	cd observability/prometheus/tests && promtool test rules *.yml
@@ -267,6 +272,13 @@ rules-test: tools ## Check and unit-test the Prometheus rules and the Alertmanag
 observability: $(STAMP) ## Regenerate the Grafana dashboard and the PrometheusRule from their sources
 	$(PYTHON) -m observability.dashboard > observability/grafana/kubesentiment.json
 	$(PYTHON) -m observability.prometheusrule > observability/kubernetes/prometheusrule.yaml
+
+##@ Benchmarks (each writes a results file under docs/ and its README block)
+.PHONY: coldstart k6 bench-baseline bench-batching bench-duplicates bench-priorities bench-explain bench-regression bench-peers bench-peers-quick profile-peers capacity capacity-quick ceiling quota-fairness
+
+coldstart: $(STAMP) ## Cold start (spawn to first /predict), peak RSS and where the time goes -> docs/coldstart.json
+	$(PYTHON) -m benchmarks.coldstart --runs 5 $(DEFAULT_MODEL) --out docs/coldstart.json
+	$(PYTHON) -m scripts.readme_perf --write
 
 SCENARIO ?= smoke
 K6_ARGS ?=
@@ -279,32 +291,20 @@ bench-baseline: $(STAMP) ## int8/fp32 vs FastAPI + transformers baseline -> docs
 bench-batching: $(STAMP) ## Micro-batching on/off at concurrency 1, 8, 32, 3 server sets with an A/A control (~4 min)
 	$(PYTHON) -m benchmarks.batching --control
 
-.PHONY: bench-duplicates
 bench-duplicates: $(STAMP) ## Throughput with 50 % duplicate texts: DEDUP off/on, cache on, A/A control -> docs/duplicates.json, README (~6 min)
 	$(PYTHON) -m benchmarks.duplicates
 	$(PYTHON) -m benchmarks.duplicates --readme
 
-.PHONY: bench-priorities
 bench-priorities: $(STAMP) ## Interactive p50/p99 alone and beside a bulk CloudEvents load, PRIORITIES on/off -> docs/priorities.json, README (~3 min)
 	$(PYTHON) -m benchmarks.priorities
 	$(PYTHON) -m benchmarks.priorities --readme
 
-.PHONY: bench-explain playground-screenshot
 bench-explain: $(STAMP) ## Explanation cost (20 and 100 words vs /predict) and faithfulness -> docs/explain.json, README (~3 min)
 	$(PYTHON) -m benchmarks.explain --runs 30 --out docs/explain.json
 	$(PYTHON) -m benchmarks.explain --readme
 
-playground-screenshot: $(STAMP) tools ## The playground in headless Chromium -> docs/playground.png (README)
-	$(PYTHON) -m scripts.playground --out docs/playground.png
-
-# Labelling from live traffic: pick texts with the sampler, label them in the page (README).
-.PHONY: labelling-screenshot
-labelling-screenshot: $(STAMP) tools ## The labelling page in headless Chromium on a sampled file -> docs/labelling.png (README)
-	$(PYTHON) -m scripts.labelling --out docs/labelling.png
-
 # Each peer gets its own venv under build/peers/venvs from benchmarks/peers/requirements-*.txt
 # (created on first use, several minutes; not part of the measured run).
-.PHONY: bench-peers bench-peers-quick profile-peers capacity capacity-quick
 LABEL ?= now
 REGRESSION_BASE ?= 15f4623
 bench-regression: $(STAMP) ## Plain /predict, working tree vs REGRESSION_BASE (git rev) with an A/A control -> docs/regression.json (~3 min)
@@ -330,11 +330,18 @@ capacity-quick: $(STAMP) ## Short capacity levels (build/peers/capacity-quick): 
 
 # The OpenVINO options run in their own venv (build/ceiling/venv-openvino, from
 # benchmarks/requirements-openvino.txt: onnxruntime-openvino replaces onnxruntime), created on first use.
-.PHONY: ceiling
 ceiling: $(STAMP) ## In-process ceiling per model build and provider (static int8, fusions, OpenVINO), alternating with an A/A twin, each gated -> docs/ceiling.{json,md}, README (~40 min)
 	$(PYTHON) -m benchmarks.ceiling
 
+# Quotas per API key: a key flooding far over its quota beside a quiet key within its own.
+quota-fairness: $(STAMP) ## A quiet API key's p99 alone and under another key's flood, with and without the flood key's quota -> docs/quota_fairness.json, README (~3 min)
+	$(PYTHON) -m loadtests.fairness
+	$(PYTHON) -m loadtests.fairness --readme
+
+
+##@ Reliability
 .PHONY: soak soak-short redelivery
+
 SOAK_ARGS ?=
 soak: $(STAMP) ## Soak: k6 at 20 req/s for 30 min (/predict + CloudEvents with redeliveries), RSS/fds/threads sampled each minute, p99 per minute; fails on RSS growth > 20 MiB/h -> docs/soak.json
 	$(PYTHON) -m loadtests.soak $(SOAK_ARGS)
@@ -345,14 +352,17 @@ soak-short: $(STAMP) ## The soak's one-minute mode (samples every 5 s, no RSS ve
 redelivery: $(STAMP) ## Redelivery harness: a Knative-style retrying sender drives the function through SIGKILL, K_SINK down, short timeouts -> docs/redelivery.json (~1 min)
 	$(PYTHON) -m tests.redelivery_harness --out docs/redelivery.json
 
-# The batch client as its own small distribution (clients/kubesentiment-client): httpx, the
-# CloudEvents SDK and tqdm, without the serving stack. README: "Install".
-.PHONY: client-wheel
-client-wheel: $(STAMP) ## The kubesentiment-client wheel (the batch client without ONNX Runtime, tokenizers, numpy) -> build/client/
-	$(PYTHON) -m scripts.client_wheel --out build/client
+##@ Pictures for the documentation
+.PHONY: playground-screenshot labelling-screenshot adapt-loop-picture
 
-# Quotas per API key: a key flooding far over its quota beside a quiet key within its own.
-.PHONY: quota-fairness
-quota-fairness: $(STAMP) ## A quiet API key's p99 alone and under another key's flood, with and without the flood key's quota -> docs/quota_fairness.json, README (~3 min)
-	$(PYTHON) -m loadtests.fairness
-	$(PYTHON) -m loadtests.fairness --readme
+adapt-loop-picture: ## docs/adapt_loop.png from docs/adapt_loop.dot (Graphviz `dot`, Debian's graphviz)
+	command -v dot >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	  apt-get install -y -qq --no-install-recommends graphviz >/dev/null; }
+	dot -Tpng -Gdpi=110 docs/adapt_loop.dot -o docs/adapt_loop.png
+
+playground-screenshot: $(STAMP) tools ## The playground in headless Chromium -> docs/playground.png (README)
+	$(PYTHON) -m scripts.playground --out docs/playground.png
+
+# Labelling from live traffic: pick texts with the sampler, label them in the page (README).
+labelling-screenshot: $(STAMP) tools ## The labelling page in headless Chromium on a sampled file -> docs/labelling.png (README)
+	$(PYTHON) -m scripts.labelling --out docs/labelling.png
