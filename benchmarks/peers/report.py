@@ -20,10 +20,9 @@ from typing import Any
 
 from benchmarks.peers import goals
 from benchmarks.peers.contention import Mode
+from benchmarks.peers.goals import OURS, TWIN
 from benchmarks.peers.systems import System
 
-OURS = "kubesentiment-int8"
-TWIN = "kubesentiment-int8-aa"
 COLUMNS = (
     ("cold_start_s", "cold start s", "{:.2f}"),
     ("p50_ms_c1", "p50 ms c1", "{:.2f}"),
